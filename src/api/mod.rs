@@ -1,0 +1,248 @@
+//! The public API: the `TlsIdentity` custom resource (`tlsid.dev/v1alpha1`).
+//!
+//! Every field carries a doc comment: it becomes `kubectl explain`. Field names follow cert-manager's
+//! `Certificate` where they mean the same thing. What the schema can reject (CEL rules, patterns, enums)
+//! is rejected at admission; [`crate::pki::IssuanceRequest::from_spec`] re-checks what slips past.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema, core::Duration};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+mod schema;
+
+pub const GROUP: &str = "tlsid.dev";
+/// Field manager for every server-side apply the controller makes.
+pub const FIELD_MANAGER: &str = "tlsid";
+/// Label on every Secret tlsid writes; the controller watches only Secrets carrying it.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "tlsid";
+/// Label naming the `TlsIdentity` a Secret belongs to.
+pub const IDENTITY_LABEL: &str = "tlsid.dev/identity";
+/// Annotation that asks for a re-issue; its value is an opaque token (e.g. a timestamp).
+/// A new value triggers one re-issue; the handled value is recorded in `status.lastRenewRequest`.
+pub const RENEW_ANNOTATION: &str = "tlsid.dev/renew";
+/// Secret annotations describing what is in the Secret (never key material).
+pub const SERIAL_ANNOTATION: &str = "tlsid.dev/serial";
+pub const REVISION_ANNOTATION: &str = "tlsid.dev/revision";
+
+pub const DEFAULT_DURATION_SECS: u64 = 24 * 3600;
+pub const MIN_DURATION_SECS: u64 = 60;
+pub const MIN_RENEW_BEFORE_SECS: u64 = 5;
+
+/// A workload identity: the names a certificate vouches for and how it is kept fresh.
+///
+/// tlsid signs a certificate for these names with the cluster CA, writes it into a
+/// `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`, `ca.crt`) and re-issues it before it expires,
+/// and whenever this spec, the CA or the Secret changes.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "tlsid.dev",
+    version = "v1alpha1",
+    kind = "TlsIdentity",
+    plural = "tlsidentities",
+    singular = "tlsidentity",
+    shortname = "tlsid",
+    namespaced,
+    status = "TlsIdentityStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A mutual-TLS workload identity: a certificate signed by the tlsid cluster CA, kept in a Secret and rotated before it expires.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.notAfter"),
+    printcolumn(name = "Renews", type_ = "date", json_path = ".status.renewalTime"),
+    printcolumn(name = "Reason", type_ = "string", priority = "1", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(
+    validation = Rule::new("(has(self.commonName) && self.commonName != '') || (has(self.dnsNames) && size(self.dnsNames) > 0) || (has(self.ipAddresses) && size(self.ipAddresses) > 0) || (has(self.uris) && size(self.uris) > 0)")
+        .message("at least one of commonName, dnsNames, ipAddresses or uris must be set"),
+    validation = Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))")
+        .message("renewBefore and renewBeforePercentage are mutually exclusive"),
+    validation = Rule::new("!has(self.duration) || duration(self.duration) >= duration('60s')")
+        .message("duration must be at least 60s"),
+    validation = Rule::new("!has(self.renewBefore) || duration(self.renewBefore) >= duration('5s')")
+        .message("renewBefore must be at least 5s"),
+    validation = Rule::new("!has(self.renewBefore) || duration(self.renewBefore) < duration(has(self.duration) ? self.duration : '24h')")
+        .message("renewBefore must be shorter than duration (default 24h)"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsIdentitySpec {
+    /// Name of the Secret (type `kubernetes.io/tls`) that receives `tls.crt`, `tls.key` and `ca.crt`.
+    /// Defaults to `<metadata.name>-tls`. The Secret must not exist, or must already belong to this
+    /// identity: tlsid never overwrites a Secret it does not control.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::secret_name")]
+    pub secret_name: Option<String>,
+
+    /// Subject common name. Optional and informational: clients verify the SANs below.
+    /// At most 64 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub common_name: Option<String>,
+
+    /// DNS subject alternative names, lowercase RFC 1123 names; a leading `*.` makes a wildcard.
+    /// For a Service use e.g. `my-svc.my-namespace.svc` and `my-svc.my-namespace.svc.cluster.local`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::dns_names")]
+    pub dns_names: Vec<String>,
+
+    /// IP address subject alternative names (IPv4 or IPv6).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::ip_addresses")]
+    pub ip_addresses: Vec<String>,
+
+    /// URI subject alternative names, e.g. a SPIFFE ID `spiffe://cluster.local/ns/default/sa/web`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::uris")]
+    pub uris: Vec<String>,
+
+    /// What the certificate may be used for: `server` (TLS server authentication) and/or
+    /// `client` (TLS client authentication). Defaults to both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::usages")]
+    pub usages: Option<Vec<Usage>>,
+
+    /// Requested lifetime of each certificate, as a Go duration (`24h`, `90m`, `2160h`).
+    /// Default `24h`, minimum `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::duration")]
+    pub duration: Option<Duration>,
+
+    /// How long before expiry to renew, as a Go duration. Must be shorter than `duration` and at
+    /// least `5s`. Mutually exclusive with `renewBeforePercentage`. When neither is set the
+    /// certificate is renewed at 2/3 of its lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::duration")]
+    pub renew_before: Option<Duration>,
+
+    /// Renew when this percentage of the lifetime remains (1-99). `33` renews at 2/3 of the lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 99))]
+    pub renew_before_percentage: Option<u8>,
+
+    /// The private key. A fresh key is generated on every issuance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<PrivateKeySpec>,
+
+    /// Extra labels and annotations put on the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_template: Option<SecretTemplate>,
+}
+
+/// An extended key usage of the certificate.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Usage {
+    /// TLS server authentication (EKU serverAuth).
+    Server,
+    /// TLS client authentication (EKU clientAuth).
+    Client,
+}
+
+/// Private key parameters.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!has(self.size) || (self.algorithm == 'ECDSA' && self.size in [256, 384]) || (self.algorithm == 'RSA' && self.size in [2048, 3072, 4096])")
+        .message("size must be 256 or 384 for ECDSA, 2048, 3072 or 4096 for RSA, and unset for Ed25519"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivateKeySpec {
+    /// Key algorithm: `ECDSA` (default), `Ed25519` or `RSA`.
+    #[serde(default)]
+    pub algorithm: KeyAlgorithm,
+    /// Key size in bits: ECDSA 256 (P-256, default) or 384 (P-384); RSA 2048 (default), 3072 or 4096.
+    /// Not used for Ed25519.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
+}
+
+/// Key algorithm.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum KeyAlgorithm {
+    /// ECDSA on NIST P-256 or P-384.
+    #[default]
+    #[serde(rename = "ECDSA")]
+    Ecdsa,
+    /// Ed25519 (RFC 8410). Not every TLS stack accepts it.
+    Ed25519,
+    /// RSA with PKCS#1 v1.5 signatures (SHA-256).
+    #[serde(rename = "RSA")]
+    Rsa,
+}
+
+/// Labels and annotations copied onto the Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct SecretTemplate {
+    /// Labels added to the Secret. tlsid's own labels take precedence.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the Secret. tlsid's own annotations take precedence.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Observed state, written only by the controller.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsIdentityStatus {
+    /// `Ready`: the Secret holds a valid certificate matching the spec. `Issuing`: a new
+    /// certificate is being issued, with the reason why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::conditions")]
+    pub conditions: Vec<Condition>,
+    /// The Secret the certificate was written to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Start of the current certificate's validity (backdated slightly for clock skew).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Time>,
+    /// End of the current certificate's validity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<Time>,
+    /// When the controller will renew the current certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<Time>,
+    /// Serial number of the current certificate, lowercase hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
+    /// SHA-256 fingerprint (hex) of the CA certificate that signed the current certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
+    /// Number of certificates issued for this identity so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// The value of the `tlsid.dev/renew` annotation that was last acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_renew_request: Option<String>,
+    /// When the last issuance attempt failed. Cleared on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<Time>,
+    /// Consecutive failed issuance attempts; drives exponential backoff. Cleared on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_issuance_attempts: Option<i32>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+// === impl TlsIdentity ===
+
+impl TlsIdentity {
+    /// The Secret name, with the default applied.
+    pub fn secret_name(&self) -> String {
+        self.spec.secret_name.clone().unwrap_or_else(|| {
+            format!("{}-tls", self.metadata.name.as_deref().unwrap_or_default())
+        })
+    }
+
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+    }
+}
