@@ -6,7 +6,9 @@
 #![deny(rust_2018_idioms)]
 
 pub mod api;
+pub mod controller;
 pub mod pki;
+pub mod resources;
 
 /// The CRD as YAML, exactly as committed in `crds/`.
 pub fn crd_yaml() -> Result<String, serde_json::Error> {

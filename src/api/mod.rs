@@ -51,8 +51,8 @@ pub const MIN_RENEW_BEFORE_SECS: u64 = 5;
     doc = "A mutual-TLS workload identity: a certificate signed by the tlsid cluster CA, kept in a Secret and rotated before it expires.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.notAfter"),
-    printcolumn(name = "Renews", type_ = "date", json_path = ".status.renewalTime"),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.notAfter"),
+    printcolumn(name = "Renews", type_ = "string", json_path = ".status.renewalTime"),
     printcolumn(name = "Reason", type_ = "string", priority = "1", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]

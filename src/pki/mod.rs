@@ -10,6 +10,7 @@
 pub mod ca;
 pub mod inspect;
 pub mod issue;
+pub mod keystore;
 pub mod policy;
 pub mod renewal;
 pub mod request;

@@ -1,0 +1,195 @@
+//! The mTLS demo: a server and a client that prove a tlsid-issued identity works end to end.
+//!
+//! Both read `tls.crt` (leaf + intermediates), `tls.key` and `ca.crt` (trust bundle) from a mounted
+//! `kubernetes.io/tls` Secret and pick up rotations without restarting: before each connection (at
+//! most once per `--reload-interval`) they check whether the kubelet swapped the `..data` symlink and,
+//! if so, load and validate the new set. A set that fails validation never replaces the last good
+//! one. Each connection is pinned to the credentials current when it started, so a rotation never
+//! disturbs a connection in flight.
+//!
+//! What users watch in `kubectl logs` is one line per handshake and one per credential reload;
+//! `/metrics`, `/healthz` and `/readyz` are served on `--metrics-listen`.
+//!
+//! Readiness: the server is ready once it has loaded credentials and is accepting connections; the
+//! client is ready once it has completed one mTLS exchange (credentials alone prove nothing about
+//! whether the server trusts them). Neither becomes unready afterwards: a later failure is reported
+//! in the logs and metrics, not by pulling the pod out of rotation.
+
+mod client;
+mod credentials;
+mod identity;
+mod server;
+mod telemetry;
+mod verify;
+
+#[cfg(all(test, unix))]
+mod tests;
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use rustls::crypto::CryptoProvider;
+
+/// The TLS versions both sides offer: 1.3 preferred, 1.2 as the floor for older peers.
+pub(crate) static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// Bounds every network step so a stalled peer cannot hold a task (or graceful shutdown) forever.
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Arguments of `tlsid demo server`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Directory holding tls.crt, tls.key and ca.crt (a mounted kubernetes.io/tls Secret).
+    #[arg(long, env = "TLSID_CERT_DIR", default_value = "/etc/tlsid/tls")]
+    pub cert_dir: PathBuf,
+
+    /// Address to accept mTLS connections on.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// Address to serve /metrics, /healthz and /readyz on (plain HTTP).
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+
+    /// How often at most to check --cert-dir for rotated credentials (Go-style duration, e.g. 1s).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+}
+
+/// Arguments of `tlsid demo client`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Directory holding tls.crt, tls.key and ca.crt (a mounted kubernetes.io/tls Secret).
+    #[arg(long, env = "TLSID_CERT_DIR", default_value = "/etc/tlsid/tls")]
+    pub cert_dir: PathBuf,
+
+    /// The demo server to connect to, as host:port (e.g. demo-server.demo.svc:8443).
+    #[arg(long, env = "TLSID_CONNECT")]
+    pub connect: String,
+
+    /// The name the server's certificate must carry (a DNS or IP SAN); defaults to the host part of
+    /// --connect.
+    #[arg(long)]
+    pub server_name: Option<String>,
+
+    /// Time between connection attempts (Go-style duration, e.g. 2s, 500ms, 1m30s).
+    #[arg(long, default_value = "2s", value_parser = parse_positive_duration)]
+    pub interval: Duration,
+
+    /// Stop after this many attempts; the exit status is then an error if any attempt failed.
+    #[arg(long)]
+    pub count: Option<u64>,
+
+    /// Address to serve /metrics, /healthz and /readyz on (plain HTTP).
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+
+    /// How often at most to check --cert-dir for rotated credentials (Go-style duration, e.g. 1s).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+}
+
+/// Serve mTLS until `shutdown` resolves; then stop accepting and let connections in flight finish.
+pub async fn run_server(args: ServerArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    server::run(args, shutdown).await
+}
+
+/// Connect to the demo server every `--interval` until `shutdown` resolves (or `--count` attempts).
+pub async fn run_client(args: ClientArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    client::run(args, shutdown).await
+}
+
+/// The crypto provider is chosen here rather than taken from the process default, so the demo
+/// behaves the same whether or not (and whichever) provider `main` installed.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Parse a Go-style duration (`300ms`, `2s`, `1m30s`, `1.5h`, or `0`) without ever panicking.
+///
+/// Written here rather than reusing `kube::core::Duration`, whose parser panics on inputs such as
+/// `1e400s` or `NaNs` (it multiplies by an unchecked float); a typo in a flag should be a message.
+pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    // Beyond this the value is certainly a mistake, and it keeps the float-to-integer step exact.
+    const MAX_NANOS: f64 = 100.0 * 365.0 * 24.0 * 3600.0 * 1e9;
+    let invalid = |why: &str| format!("invalid duration {input:?}: {why} (examples: 500ms, 2s, 1m30s)");
+
+    let text = input.trim();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if text.is_empty() {
+        return Err(invalid("empty"));
+    }
+    let is_number = |c: char| c.is_ascii_digit() || c == '.';
+    let mut rest = text;
+    let mut total_nanos = 0.0_f64;
+    while !rest.is_empty() {
+        let number_end = rest.find(|c: char| !is_number(c)).unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(number_end);
+        let value: f64 = match number {
+            "" | "." => return Err(invalid("expected a number")),
+            n => n.parse().map_err(|_| invalid("malformed number"))?,
+        };
+        let unit_end = tail.find(is_number).unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let nanos_per_unit = match unit {
+            "ns" => 1.0,
+            "us" | "\u{00b5}s" | "\u{03bc}s" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            "" => return Err(invalid("missing unit")),
+            _ => return Err(invalid("unknown unit, expected one of ns, us, ms, s, m, h")),
+        };
+        total_nanos += value * nanos_per_unit;
+        rest = tail;
+    }
+    if !total_nanos.is_finite() || total_nanos > MAX_NANOS {
+        return Err(invalid("too large"));
+    }
+    Ok(Duration::from_nanos(total_nanos.round() as u64))
+}
+
+/// Like [`parse_duration`], but zero is refused: a zero interval would spin.
+pub fn parse_positive_duration(input: &str) -> Result<Duration, String> {
+    match parse_duration(input)? {
+        Duration::ZERO => Err(format!("invalid duration {input:?}: must be greater than zero")),
+        d => Ok(d),
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn go_style_durations() {
+        let ok = [
+            ("0", Duration::ZERO),
+            ("2s", Duration::from_secs(2)),
+            ("500ms", Duration::from_millis(500)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1.5h", Duration::from_secs(5400)),
+            ("250us", Duration::from_micros(250)),
+            ("10\u{00b5}s", Duration::from_micros(10)),
+            (" 3s ", Duration::from_secs(3)),
+        ];
+        for (input, want) in ok {
+            assert_eq!(parse_duration(input), Ok(want), "{input}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_are_errors_not_panics() {
+        for input in [
+            "", "s", "2", "2x", "-2s", "+2s", "1e400s", "NaNs", "infh", "1..2s", ".s", "9999999999999h", "2s3",
+        ] {
+            assert!(parse_duration(input).is_err(), "{input:?} should be rejected");
+        }
+        assert!(parse_positive_duration("0").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+        assert_eq!(parse_positive_duration("20ms"), Ok(Duration::from_millis(20)));
+    }
+}
