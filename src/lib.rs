@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod demo;
 pub mod pki;
 pub mod resources;
 

@@ -148,14 +148,21 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     let store = controller.store();
     let ready_ctx = ctx.clone();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            // CA first: reconciles before it would only fail with CaNotReady.
-            while ready_ctx.ca().is_none() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        // The store's readiness signal wakes only its most recent waiter (a oneshot receiver
+        // shared by clones), and the controller's own runner waits on it too: poll it afresh
+        // each time instead of parking on it.
+        loop {
+            let synced = matches!(
+                tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await,
+                Ok(Ok(()))
+            );
+            if synced && ready_ctx.ca().is_some() {
+                break;
             }
-            ready_ctx.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-            info!("initial sync done; ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        ready_ctx.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        info!("CA loaded and initial sync done; ready");
     });
 
     controller

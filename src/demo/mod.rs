@@ -77,7 +77,7 @@ pub struct ClientArgs {
     pub interval: Duration,
 
     /// Stop after this many attempts; the exit status is then an error if any attempt failed.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
 
     /// Address to serve /metrics, /healthz and /readyz on (plain HTTP).
@@ -103,6 +103,35 @@ pub async fn run_client(args: ClientArgs, shutdown: impl Future<Output = ()>) ->
 /// behaves the same whether or not (and whichever) provider `main` installed.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// TLS version and cipher suite as printed in the handshake log line.
+pub(crate) fn negotiated(conn: &rustls::CommonState) -> (&'static str, String) {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        Some(_) => "other",
+        None => identity::NONE,
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_else(|| identity::NONE.into());
+    (version, cipher)
+}
+
+/// The most specific reason an I/O error on a TLS stream carries: the rustls error if there is one
+/// (e.g. `invalid peer certificate: UnknownIssuer`, `received fatal alert: UnknownCA`).
+pub(crate) fn failure_reason(e: &std::io::Error) -> String {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(tls) => tls.to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// Milliseconds with 0.1 ms resolution: enough to read, short enough to scan in a log line.
+pub(crate) fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 /// Parse a Go-style duration (`300ms`, `2s`, `1m30s`, `1.5h`, or `0`) without ever panicking.
