@@ -342,3 +342,53 @@ async fn a_rejected_write_backs_off_and_recovers() {
     let fixed = wait_identity(&env.ids, "bad", "Ready after the fix", ready).await;
     assert_eq!(fixed.status.as_ref().unwrap().failed_issuance_attempts, None);
 }
+
+#[tokio::test]
+async fn demo_workloads_follow_spec_demo() {
+    use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
+    let env = setup("demo").await;
+    let client = env.ids.clone().into_client();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &env.ns);
+    let services: Api<Service> = Api::namespaced(client, &env.ns);
+
+    // A client whose server does not exist yet: a clear condition, no Deployment to crash-loop.
+    env.ids
+        .create(&PostParams::default(), &identity("shopper", json!({
+            "dnsNames": ["shopper.ns.svc"], "demo": {"role": "client", "server": "shop"}
+        })))
+        .await
+        .unwrap();
+    let waiting = wait_identity(&env.ids, "shopper", "ServerNotFound", |o| condition(o, "Demo").is_some_and(|(_, r)| r == "ServerNotFound")).await;
+    assert!(waiting.condition("Demo").unwrap().message.contains("\"shop\" does not exist"));
+    assert!(deployments.get_opt("shopper-demo").await.unwrap().is_none());
+
+    let server_dns = format!("shop.{}.svc", env.ns);
+    create(&env, &identity("shop", json!({"dnsNames": [server_dns], "demo": {"role": "server", "port": 9443}}))).await;
+    wait_identity(&env.ids, "shopper", "client applied", |o| condition(o, "Demo").is_some_and(|(s, _)| s == "True")).await;
+
+    let server = deployments.get("shop-demo").await.unwrap();
+    let pod = server.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.volumes.as_ref().unwrap()[0].secret.as_ref().unwrap().secret_name.as_deref(), Some("shop-tls"));
+    assert_eq!(server.owner_references()[0].kind, "TlsIdentity");
+    let svc = services.get("shop").await.unwrap();
+    assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 9443);
+    let client_args = deployments.get("shopper-demo").await.unwrap().spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    let want = format!("shop.{}.svc.cluster.local:9443", env.ns);
+    assert!(client_args.windows(2).any(|w| w[0] == "--connect" && w[1] == want), "{client_args:?}");
+
+    // The apiserver accepts our Deployment as is: no drift, so no write on the next reconcile.
+    let rv = server.resource_version();
+    let before = env.controller.metric("tlsid_reconcile_duration_seconds_count").await;
+    env.ids.patch("shop", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"poke": "1"}}}))).await.unwrap();
+    env.controller.wait_reconciled(before + 1.0).await;
+    assert_eq!(deployments.get("shop-demo").await.unwrap().resource_version(), rv);
+
+    // Removing spec.demo removes the workload.
+    env.ids.patch("shop", &PatchParams::default(), &Patch::Merge(json!({"spec": {"demo": null}}))).await.unwrap();
+    wait_identity(&env.ids, "shop", "demo removed", |o| o.is_some_and(|i| i.condition("Demo").is_none())).await;
+    assert!(deployments.get_opt("shop-demo").await.unwrap().is_none());
+    assert!(services.get_opt("shop").await.unwrap().is_none());
+}

@@ -130,6 +130,53 @@ pub struct TlsIdentitySpec {
     /// Extra labels and annotations put on the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_template: Option<SecretTemplate>,
+
+    /// Run the tlsid mTLS demo workload with this identity: a Deployment (plus a Service for a
+    /// server) that mounts the Secret and reloads rotated certificates without restarting.
+    /// Removing this field removes the workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demo: Option<DemoSpec>,
+}
+
+/// The demo workload of an identity.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("self.role == 'client' ? has(self.server) && self.server != '' : !has(self.server)")
+        .message("demo.server (the server's TlsIdentity name) is required for clients and not allowed for servers"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DemoSpec {
+    /// `server` (accepts mTLS connections, exposed by a Service named after the identity) or
+    /// `client` (connects to a server identity's Service every `interval`).
+    pub role: DemoRole,
+    /// Number of pods. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub replicas: Option<i32>,
+    /// TCP port the server listens on and clients connect to. Default 8443.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: Option<i32>,
+    /// For clients: the name of the server's TlsIdentity in the same namespace. Its Service is
+    /// `<server>.<namespace>.svc`, and the client verifies the server certificate for that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub server: Option<String>,
+    /// For clients: time between handshakes, as a Go duration. Default `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::duration")]
+    pub interval: Option<Duration>,
+}
+
+/// Role of a demo workload.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DemoRole {
+    /// Accepts mTLS connections.
+    #[default]
+    Server,
+    /// Connects to a server.
+    Client,
 }
 
 /// An extended key usage of the certificate.

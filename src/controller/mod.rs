@@ -5,6 +5,7 @@
 //! requeues at the renewal time.
 
 pub mod ca;
+mod demo;
 pub mod metrics;
 pub mod server;
 pub mod status;
@@ -107,6 +108,8 @@ pub enum Error {
     SecretWrite(#[source] kube::Error),
     #[error("writing status failed: {0}")]
     StatusWrite(#[source] kube::Error),
+    #[error("applying the demo workload failed: {0}")]
+    DemoWrite(#[source] kube::Error),
     #[error("issuing the certificate failed: {0}")]
     Issuance(String),
 }
@@ -118,6 +121,7 @@ impl Error {
             Error::Read(_) => "ApiRead",
             Error::SecretWrite(_) => "SecretWrite",
             Error::StatusWrite(_) => "StatusWrite",
+            Error::DemoWrite(_) => "DemoWrite",
             Error::Issuance(_) => "IssuanceFailed",
         }
     }
@@ -126,9 +130,14 @@ impl Error {
 /// Run the controller until SIGTERM/SIGINT.
 pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     let client = ctx.client.clone();
-    let (identities, secrets) = match &ctx.config.watch_namespace {
-        Some(ns) => (Api::<TlsIdentity>::namespaced(client.clone(), ns), Api::<Secret>::namespaced(client.clone(), ns)),
-        None => (Api::<TlsIdentity>::all(client.clone()), Api::<Secret>::all(client.clone())),
+    let (identities, secrets, deployments, services) = match &ctx.config.watch_namespace {
+        Some(ns) => (
+            Api::<TlsIdentity>::namespaced(client.clone(), ns),
+            Api::<Secret>::namespaced(client.clone(), ns),
+            Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns),
+            Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
     };
     // Only Secrets we manage: never every Secret in the cluster.
     let managed = watcher::Config::default().labels(&format!(
@@ -141,7 +150,9 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     let ca_task = tokio::spawn(ca::watch(ctx.clone(), ca_changed_tx));
 
     let controller = Controller::new(identities, watcher::Config::default())
-        .owns(secrets, managed)
+        .owns(secrets, managed.clone())
+        .owns(deployments, managed.clone())
+        .owns(services, managed)
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
         .reconcile_all_on(ca_changed_rx)
         .shutdown_on_signal();
@@ -238,6 +249,9 @@ async fn reconcile_inner(obj: &TlsIdentity, ctx: &Context) -> Result<Action, Err
         return Ok(Action::requeue(CONFLICT_RECHECK));
     }
 
+    // The demo workload does not depend on the certificate: pods wait for the Secret volume.
+    let demo_requeue = demo::reconcile(obj, ctx, &mut status, now).await?;
+
     let renew_requested = obj.annotations().get(RENEW_ANNOTATION).map(String::as_str);
     let input = PolicyInput {
         secret: existing.as_ref().map(resources::secret_data),
@@ -248,12 +262,16 @@ async fn reconcile_inner(obj: &TlsIdentity, ctx: &Context) -> Result<Action, Err
         renew_requested,
         renew_handled: old_status.last_renew_request.as_deref(),
     };
-    match pki::should_reissue(&input) {
+    let action = match pki::should_reissue(&input) {
         Ok((info, renew_at)) => {
             keep_current(obj, ctx, &ca, existing.as_ref(), &info, renew_at, old_status, status, now).await
         }
         Err(reason) => issue_new(obj, ctx, &ca, &request, existing.as_ref(), reason, old_status, status, now).await,
-    }
+    }?;
+    Ok(match demo_requeue {
+        Some(soon) => Action::requeue(soon),
+        None => action,
+    })
 }
 
 /// The stored certificate is good: make sure the Secret carries the current bundle and template,

@@ -1,6 +1,7 @@
 //! Pure desired-state builders: what each child object should look like. No client, no I/O;
 //! the controller applies what these return.
 
+pub mod demo;
 pub mod secret;
 
 pub use secret::{SecretContent, desired_secret, secret_data, secret_needs_update, controlled_by};

@@ -67,9 +67,8 @@ pub fn desired_secret(identity: &TlsIdentity, content: &SecretContent, serial_he
 
 /// Whether `owner_uid` is the Secret's controller. Anything else (no owner, another identity, a
 /// user's Secret) is not ours to touch.
-pub fn controlled_by(secret: &Secret, owner_uid: &str) -> bool {
-    secret
-        .metadata
+pub fn controlled_by<K: Resource>(obj: &K, owner_uid: &str) -> bool {
+    obj.meta()
         .owner_references
         .iter()
         .flatten()
