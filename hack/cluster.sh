@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
-# A real Kubernetes control plane for tests: etcd + kube-apiserver on
-# loopback, built from the pinned upstream versions (hack/build-k8s.sh).
+# A real Kubernetes for tests, built from the pinned upstream versions
+# (hack/build-k8s.sh): a control plane (etcd + kube-apiserver on loopback),
+# or with --node a single-node cluster that runs pods (see hack/node/lib.sh).
 #
-# Usage: hack/cluster.sh up|down|status|env
+# Usage: hack/cluster.sh up [--node]|down|status|env
 #   up      start (or reuse) the cluster; stdout is exactly one line, the
 #           kubeconfig path:  KUBECONFIG=$(hack/cluster.sh up | tail -1)
 #           progress goes to stderr.
-#   down    stop the processes (TERM, then KILL) and remove the state dir.
-#   status  print what runs; exit 0 if the apiserver is ready, 1 if not.
-#   env     print `export KUBECONFIG=...` and `export PATH=...` lines for eval.
+#   up --node  also kube-controller-manager, kube-scheduler, containerd, CNI
+#           (bridge tlsid0), kubelet (node tlsid-node), kube-proxy, CoreDNS;
+#           returns when the node is Ready and the default ServiceAccount
+#           exists. Needs root; one node cluster per machine. Load images
+#           with hack/image.sh (pause is built and imported here).
+#   down    stop the processes (TERM, then KILL) and remove the state dir;
+#           for a node cluster also its containers, mounts, bridge, veths,
+#           KUBE-*/CNI-* iptables chains and cgroups, and restore sysctls.
+#   status  print what runs; exit 0 if the apiserver (and the node) is ready.
+#   env     print `export KUBECONFIG=...` and `export PATH=...` lines for eval
+#           (node cluster: also CONTAINERD_ADDRESS/CONTAINERD_NAMESPACE for ctr).
 #
 # Environment (a second cluster needs another dir and other ports):
 #   TLSID_CACHE                  cache root (default ~/.cache/tlsid)
 #   TLSID_CLUSTER_DIR            state dir (default $TLSID_CACHE/cluster):
 #                                pki/, etcd/, logs/, pids/, kubeconfig
 #   TLSID_APISERVER_PORT         kube-apiserver secure port (default 6443)
-#   TLSID_APISERVER_BIND_ADDRESS (default 127.0.0.1; 0.0.0.0 lets pods reach
-#                                it through the node IP)
+#   TLSID_APISERVER_BIND_ADDRESS (default 127.0.0.1, with --node 0.0.0.0:
+#                                pods reach it through the node IP)
 #   TLSID_APISERVER_ADVERTISE_ADDRESS  IP written to the `kubernetes` Service
 #                                (default: the bind address, or the default
 #                                route's source IP when binding 0.0.0.0)
@@ -25,6 +34,12 @@
 #   TLSID_ETCD_PORT              etcd client port (default 2379; peer = +1)
 #   TLSID_SERVICE_CIDR           (default 10.0.0.0/24)
 #   TLSID_START_TIMEOUT          seconds to wait for readiness (default 180)
+# Node tier only (up --node):
+#   TLSID_NODE_NAME              node name (default tlsid-node)
+#   TLSID_POD_CIDR               pod network (default 10.244.0.0/24)
+#   TLSID_NODE_SNAPSHOTTER       containerd snapshotter (default overlayfs,
+#                                native when an overlay mount fails)
+# The node IP is the advertise address (default: the default route's source).
 set -euo pipefail
 
 # shellcheck source=hack/lib.sh
@@ -48,9 +63,11 @@ KUBECONFIG_FILE="${STATE}/kubeconfig"
 MARKER="${STATE}/.tlsid-cluster"
 
 # Components of each tier, in start order (stopped in reverse). The node
-# tier (`up --node`) will append kube-controller-manager, kube-scheduler,
-# containerd, kubelet, kube-proxy and coredns with start_<name> functions.
+# tier (`up --node`, hack/node/lib.sh) adds NODE_COMPONENTS: containerd,
+# kube-controller-manager, kube-scheduler, kubelet, kube-proxy, coredns.
 CONTROL_PLANE=(etcd kube-apiserver)
+# true while `up --node` runs (apiserver flags for the kubelet).
+NODE_TIER=false
 
 # Everything but the kubeconfig path goes to stderr (the output contract).
 log() { printf 'cluster.sh: %s\n' "$*" >&2; }
@@ -196,13 +213,21 @@ EOF
 
 # --- processes ---------------------------------------------------------------
 
+# Binary of a component: ours (hack/build-k8s.sh), or the distro's containerd.
+component_bin() { # NAME
+  case "$1" in
+    containerd) echo /usr/bin/containerd ;;
+    *) tlsid_bin "$1" ;;
+  esac
+}
+
 # pid of a running component, or nothing. The binary path in its cmdline
 # guards against a recycled pid.
 running_pid() { # NAME
   local pid
   pid="$(cat "${PIDS}/$1.pid" 2>/dev/null)" || return 1
   [[ ${pid} =~ ^[0-9]+$ ]] || return 1
-  tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -qF -- "$(tlsid_bin "$1") " || return 1
+  tr '\0' ' ' 2>/dev/null <"/proc/${pid}/cmdline" | grep -qF -- "$(component_bin "$1") " || return 1
   echo "${pid}"
 }
 
@@ -225,7 +250,7 @@ check_ports() { # NAME PORT...
 spawn() {
   local name="$1" bin
   shift
-  bin="$(tlsid_bin "${name}")"
+  bin="$(component_bin "${name}")"
   mkdir -p "${LOGS}" "${PIDS}"
   # Not a process-group leader here, so setsid execs in place and $! is
   # the component's own pid. 8>&- 9>&-: a daemon must not inherit (and so
@@ -288,6 +313,16 @@ start_kube-apiserver() {
   # reconciler of the `kubernetes` Service would fail every 10s. Nothing in
   # the control-plane tier needs those endpoints (no pods), so turn it off.
   if [[ ${adv} == 127.* ]]; then extra+=(--endpoint-reconciler-type=none); fi
+  # Node tier: kubectl logs/exec reach the kubelet by the node's IP with a
+  # client cert the kubelet's webhook authorizer accepts.
+  if [[ ${NODE_TIER} == true ]]; then
+    # shellcheck disable=SC2054 # the commas are part of the flag's value
+    extra+=(
+      --kubelet-client-certificate="${PKI}/apiserver-kubelet-client.crt"
+      --kubelet-client-key="${PKI}/apiserver-kubelet-client.key"
+      --kubelet-preferred-address-types=InternalIP,Hostname
+    )
+  fi
   # Priority and fairness off: less CPU on 2 cores, no throttling in tests.
   spawn kube-apiserver \
     --etcd-servers="http://127.0.0.1:${ETCD_PORT}" \
@@ -351,7 +386,11 @@ cmd_up() {
     esac
     shift
   done
-  [[ ${node} == false ]] || die "up --node is not implemented yet (control-plane tier only)"
+  # A node cluster's dir stays one: its apiserver needs the node flags.
+  if [[ ${node} == true || -d ${NODE_DIR} ]]; then
+    cmd_up_node
+    return
+  fi
   local components=("${CONTROL_PLANE[@]}")
 
   # Fast path: everything running and the apiserver ready.
@@ -371,9 +410,7 @@ cmd_up() {
     echo "${KUBECONFIG_FILE}"
     return
   fi
-  if [[ -d ${STATE} && ! -f ${MARKER} ]] && [[ -n "$(ls -A "${STATE}")" ]]; then
-    die "${STATE} exists and was not made by cluster.sh; choose another TLSID_CLUSTER_DIR"
-  fi
+  check_state_dir
 
   # Fail on taken ports before making anything.
   running_pid etcd >/dev/null || check_ports etcd "${ETCD_PORT}" "${ETCD_PEER_PORT}"
@@ -389,6 +426,54 @@ cmd_up() {
   done
   write_kubeconfig
   log "cluster up in $((SECONDS - start))s: https://$(client_address):${APISERVER_PORT} (state ${STATE})"
+  echo "${KUBECONFIG_FILE}"
+}
+
+check_state_dir() {
+  if [[ -d ${STATE} && ! -f ${MARKER} ]] && [[ -n "$(ls -A "${STATE}")" ]]; then
+    die "${STATE} exists and was not made by cluster.sh; choose another TLSID_CLUSTER_DIR"
+  fi
+}
+
+# up --node: the control plane with node flags, then the node tier.
+cmd_up_node() {
+  NODE_TIER=true
+  if [[ -z ${TLSID_APISERVER_BIND_ADDRESS:-} ]]; then APISERVER_BIND=0.0.0.0; fi
+  [[ ${APISERVER_BIND} != 127.* ]] ||
+    die "up --node: pods cannot reach an apiserver bound to ${APISERVER_BIND}; unset TLSID_APISERVER_BIND_ADDRESS"
+  local all=("${CONTROL_PLANE[@]}" "${NODE_COMPONENTS[@]}")
+  if [[ -d ${NODE_DIR} ]] && is_up "${all[@]}" && node_ready; then
+    echo "${KUBECONFIG_FILE}"
+    return
+  fi
+  local tool
+  for tool in openssl curl setsid flock; do
+    command -v "${tool}" >/dev/null || die "${tool} not found (run hack/install-deps.sh)"
+  done
+  node_preflight
+  node_check_owner
+  "${TLSID_HACK_DIR}/build-k8s.sh" all >&2
+
+  lock_state
+  if [[ -d ${NODE_DIR} ]] && is_up "${all[@]}" && node_ready; then
+    echo "${KUBECONFIG_FILE}"
+    return
+  fi
+  check_state_dir
+  if [[ ! -d ${NODE_DIR} ]] && running_pid kube-apiserver >/dev/null; then
+    die "a control-plane-only cluster runs in ${STATE}: 'hack/cluster.sh down' it first, or use another TLSID_CLUSTER_DIR for the node cluster"
+  fi
+  running_pid etcd >/dev/null || check_ports etcd "${ETCD_PORT}" "${ETCD_PEER_PORT}"
+  running_pid kube-apiserver >/dev/null || check_ports kube-apiserver "${APISERVER_PORT}"
+  local start=${SECONDS}
+  NODE_IP="$(node_ip)"
+  node_claim
+  mkdir -p "${STATE}"
+  touch "${MARKER}"
+  gen_control_plane_pki
+  node_prepare
+  node_up
+  log "node cluster up in $((SECONDS - start))s: https://$(client_address):${APISERVER_PORT}, node ${NODE_NAME} (${NODE_IP}), state ${STATE}"
   echo "${KUBECONFIG_FILE}"
 }
 
@@ -408,21 +493,32 @@ cmd_down() {
     return
   fi
   [[ -f ${MARKER} ]] || die "${STATE} was not made by cluster.sh; not removing it"
+  # The node tier first: its pods, network and mounts, while the state is there.
+  if [[ -d ${NODE_DIR} ]]; then node_down; fi
   local i c all=("${CONTROL_PLANE[@]}")
   # Reverse start order: the apiserver goes before its etcd.
   for ((i = ${#all[@]} - 1; i >= 0; i--)); do
     c="${all[i]}"
     stop_component "${c}"
   done
+  if findmnt -rn -o TARGET | grep -qF "${STATE}/"; then
+    die "mounts are left under ${STATE}; not removing it (see findmnt)"
+  fi
   rm -rf "${STATE}"
   rm -f "${STATE%/}.lock"
   log "cluster down, removed ${STATE}"
 }
 
 cmd_status() {
-  local c pid ok=0
+  local c pid ok=0 all=("${CONTROL_PLANE[@]}")
   echo "state: ${STATE}"
-  for c in "${CONTROL_PLANE[@]}"; do
+  if [[ -d ${NODE_DIR} ]]; then
+    echo "tier: node"
+    all+=("${NODE_COMPONENTS[@]}")
+  else
+    echo "tier: control-plane"
+  fi
+  for c in "${all[@]}"; do
     if pid="$(running_pid "${c}")"; then echo "${c}: running (pid ${pid})"; else echo "${c}: stopped"; ok=1; fi
   done
   if [[ -f ${PKI}/ca.crt ]] && apiserver_ready; then
@@ -431,7 +527,11 @@ cmd_status() {
     echo "apiserver: not ready"
     ok=1
   fi
+  if [[ -d ${NODE_DIR} ]]; then node_status || ok=1; fi
   [[ -f ${KUBECONFIG_FILE} ]] && echo "kubeconfig: ${KUBECONFIG_FILE}"
+  if [[ -n ${KUBECONFIG:-} && ${KUBECONFIG} != "${KUBECONFIG_FILE}" ]]; then
+    echo "note: KUBECONFIG in this shell is ${KUBECONFIG}, not this cluster's"
+  fi
   return "${ok}"
 }
 
@@ -439,7 +539,15 @@ cmd_env() {
   echo "export KUBECONFIG=${KUBECONFIG_FILE}"
   # \$PATH stays literal: expanded by the shell that evals this.
   echo "export PATH=\"$(tlsid_bin_path):\${PATH}\""
+  if [[ -d ${NODE_DIR} ]]; then
+    echo "export CONTAINERD_ADDRESS=${TLSID_NODE_CONTAINERD_SOCK}"
+    echo "export CONTAINERD_NAMESPACE=${TLSID_NODE_CONTAINERD_NS}"
+  fi
 }
+
+# The node tier (functions and settings; needs the definitions above).
+# shellcheck source=hack/node/lib.sh
+. "${TLSID_HACK_DIR}/node/lib.sh"
 
 main() {
   local cmd="${1:-}"
@@ -449,8 +557,8 @@ main() {
     down) cmd_down ;;
     status) cmd_status ;;
     env) cmd_env ;;
-    -h | --help | help) sed -n '2,28s/^# \{0,1\}//p' "$0" ;;
-    *) sed -n '5,12s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
+    -h | --help | help) sed -n '2,42s/^# \{0,1\}//p' "$0" ;;
+    *) sed -n '6,20s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
   esac
 }
 

@@ -14,7 +14,9 @@ PACKAGES=(
   # cluster.sh: certificates, health polls, flock/setsid, kubeconfig
   openssl curl ca-certificates jq util-linux coreutils procps iproute2
   # single-node tier: container runtime, CNI, kube-proxy's needs
-  containerd runc containernetworking-plugins iptables conntrack kmod
+  containerd runc containernetworking-plugins iptables nftables conntrack kmod
+  # interop tests: a JDK (keytool, javac) for the Java column; Go and Python are on the machine
+  openjdk-17-jdk-headless
   # images without Docker: build OCI archives, import them into containerd
   buildah umoci
   # the static pause binary for the sandbox image (build/pause/linux/pause.c)

@@ -28,6 +28,17 @@ enum Command {
     Controller(ControllerArgs),
     /// Print the TlsIdentity CustomResourceDefinition as YAML.
     Crd,
+    /// The mTLS demo workloads: a server and a client that reload rotated certificates.
+    #[command(subcommand)]
+    Demo(DemoCommand),
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Accept mTLS connections, requiring a client certificate from the trust bundle.
+    Server(tlsid::demo::ServerArgs),
+    /// Connect to a server at an interval, verifying its name and presenting our certificate.
+    Client(tlsid::demo::ClientArgs),
 }
 
 #[derive(clap::Args)]
@@ -75,6 +86,23 @@ async fn main() -> anyhow::Result<()> {
             init_logging(cli.log_format);
             run_controller(args).await
         }
+        Command::Demo(demo) => {
+            install_crypto_provider();
+            init_logging(cli.log_format);
+            match demo {
+                DemoCommand::Server(args) => tlsid::demo::run_server(args, shutdown_signal()).await,
+                DemoCommand::Client(args) => tlsid::demo::run_client(args, shutdown_signal()).await,
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
     }
 }
 

@@ -131,11 +131,66 @@ pub struct TlsIdentitySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_template: Option<SecretTemplate>,
 
+    /// Additional keystore formats written into the Secret beside the PEM files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keystores: Option<Keystores>,
+
     /// Run the tlsid mTLS demo workload with this identity: a Deployment (plus a Service for a
     /// server) that mounts the Secret and reloads rotated certificates without restarting.
     /// Removing this field removes the workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub demo: Option<DemoSpec>,
+}
+
+/// Keystores for runtimes that do not read PEM (cert-manager's shape).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct Keystores {
+    /// PKCS#12 files for Java and others: `keystore.p12` (private key and chain, alias
+    /// `certificate`) and `truststore.p12` (each root of the trust bundle as a trusted certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs12: Option<Pkcs12Keystore>,
+}
+
+/// PKCS#12 keystore settings.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!self.create || has(self.passwordSecretRef)")
+        .message("keystores.pkcs12.passwordSecretRef is required when create is true"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Pkcs12Keystore {
+    /// Write `keystore.p12` and `truststore.p12` into the Secret, re-generated on every rotation.
+    pub create: bool,
+    /// The Secret key (in the identity's namespace) holding the password that protects both files.
+    /// A missing or empty password is reported as `Ready=False`, reason `KeystorePasswordMissing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Encryption: `Modern2023` (default; PBES2 AES-256-CBC, PBKDF2-HMAC-SHA256, HMAC-SHA256 MAC;
+    /// Java 8u301+, OpenSSL 1.1.1+), `LegacyDES` (3DES, SHA-1 MAC) or `LegacyRC2` (RC2-40, for old readers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Pkcs12ProfileName>,
+}
+
+/// A key of a Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Secret name, in the identity's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// PKCS#12 encryption profile.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Pkcs12ProfileName {
+    #[default]
+    Modern2023,
+    #[serde(rename = "LegacyDES")]
+    LegacyDes,
+    #[serde(rename = "LegacyRC2")]
+    LegacyRc2,
 }
 
 /// The demo workload of an identity.

@@ -290,12 +290,13 @@ async fn keep_current(
 ) -> Result<Action, Error> {
     let secret = existing.expect("policy keeps only an existing Secret");
     let data = resources::secret_data(secret);
-    let content = SecretContent {
+    let mut content = SecretContent {
         tls_crt: data.tls_crt.unwrap_or_default().to_vec(),
         tls_key: data.tls_key.unwrap_or_default().to_vec(),
         ca_crt: ca.bundle_pem().into_bytes(),
-        extra: Default::default(),
+        ..Default::default()
     };
+    let keystore_problem = add_keystores(ctx, obj, &mut content, Some(secret)).await?.err();
     let desired = resources::desired_secret(obj, &content, &info.serial_hex);
     if resources::secret_needs_update(secret, &desired) {
         info!(secret = obj.secret_name(), "updating Secret metadata or trust bundle");
@@ -305,6 +306,7 @@ async fn keep_current(
     let generation = obj.metadata.generation;
     let msg = format!("certificate valid until {}, renews at {renew_at}", info.not_after);
     set_condition(&mut status.conditions, READY, true, "Issued", msg, generation, now);
+    let renew_at = report_keystore_problem(obj, ctx, &old_status, &mut status, keystore_problem, renew_at, now).await;
     if status.conditions.iter().all(|c| c.type_ != ISSUING) || status.failed_issuance_attempts.is_some() {
         set_condition(&mut status.conditions, ISSUING, false, "UpToDate", "no issuance needed".into(), generation, now);
     }
@@ -346,19 +348,24 @@ async fn issue_new(
     };
     let written = match issued {
         Ok(cert) => {
-            let content = SecretContent {
+            let mut content = SecretContent {
                 tls_crt: cert.chain_pem.clone().into_bytes(),
                 tls_key: cert.key_pem.clone().into_bytes(),
                 ca_crt: ca.bundle_pem().into_bytes(),
-                extra: Default::default(),
+                ..Default::default()
             };
-            let desired = resources::desired_secret(obj, &content, &cert.serial_hex);
-            apply_secret(ctx, obj, desired, existing).await.map(|()| cert)
+            match add_keystores(ctx, obj, &mut content, existing).await {
+                Ok(problem) => {
+                    let desired = resources::desired_secret(obj, &content, &cert.serial_hex);
+                    apply_secret(ctx, obj, desired, existing).await.map(|()| (cert, problem.err()))
+                }
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(Error::Issuance(e)),
     };
-    let cert = match written {
-        Ok(cert) => cert,
+    let (cert, keystore_problem) = match written {
+        Ok(written) => written,
         Err(err) => {
             // Conflicts on create/apply mean someone else wrote the Secret meanwhile: the next
             // reconcile re-reads it (and reports a conflict if it is not ours).
@@ -407,12 +414,84 @@ async fn issue_new(
     );
     set_condition(&mut status.conditions, READY, true, event_reason, format!("certificate valid until {}, renews at {renew_at}", cert.not_after), generation, now);
     set_condition(&mut status.conditions, ISSUING, false, reason.reason(), msg.clone(), generation, now);
+    let renew_at = report_keystore_problem(obj, ctx, &old_status, &mut status, keystore_problem, renew_at, now).await;
     write_status(ctx, obj, &old_status, &status).await?;
     ctx.publish(obj, EventType::Normal, event_reason, msg).await;
     ctx.metrics.issuances.get_or_create(&metrics::ReasonLabels { reason: reason.reason().into() }).inc();
     record_metrics(ctx, obj, cert.not_after, renew_at, "True");
     info!(serial = cert.serial_hex, not_after = %cert.not_after, renew_at = %renew_at, reason = reason.reason(), "certificate {verb}");
     Ok(requeue_at(renew_at, now))
+}
+
+/// Keystores are re-checked this often while their password is missing: no watch covers it.
+const KEYSTORE_RECHECK: Duration = Duration::from_secs(30);
+
+/// Add the keystores the spec asks for to `content`. `Ok(Err(msg))`: they cannot be made (e.g. no
+/// password); the PEM files are still written, without keystores, and the identity is not Ready.
+async fn add_keystores(
+    ctx: &Context,
+    obj: &TlsIdentity,
+    content: &mut SecretContent,
+    existing: Option<&Secret>,
+) -> Result<Result<(), String>, Error> {
+    use crate::resources::keystore::{KEYSTORE_P12, PROFILE_ANNOTATION, TRUSTSTORE_P12, pkcs12_data, profile_name};
+    let Some(p12) = obj.spec.keystores.as_ref().and_then(|k| k.pkcs12.as_ref()).filter(|p| p.create) else {
+        return Ok(Ok(()));
+    };
+    let Some(pw_ref) = &p12.password_secret_ref else {
+        return Ok(Err("keystores.pkcs12.passwordSecretRef is not set".into()));
+    };
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let password = api
+        .get_opt(&pw_ref.name)
+        .await
+        .map_err(Error::Read)?
+        .and_then(|s| s.data?.get(&pw_ref.key).map(|b| b.0.clone()))
+        .filter(|p| !p.is_empty());
+    let Some(password) = password else {
+        return Ok(Err(format!(
+            "the keystore password Secret {}/{} is missing or empty; keystore.p12 and truststore.p12 are not written",
+            pw_ref.name, pw_ref.key
+        )));
+    };
+    let Ok(password) = String::from_utf8(password) else {
+        return Ok(Err(format!("the keystore password in {}/{} is not UTF-8", pw_ref.name, pw_ref.key)));
+    };
+    let wanted = p12.profile.unwrap_or_default();
+    let old = existing.and_then(|s| {
+        let d = s.data.as_ref()?;
+        let written_with = s.metadata.annotations.as_ref()?.get(PROFILE_ANNOTATION)?;
+        Some((d.get(KEYSTORE_P12)?.0.as_slice(), d.get(TRUSTSTORE_P12)?.0.as_slice(), written_with.as_str()))
+    });
+    match pkcs12_data(&content.tls_crt, &content.tls_key, &content.ca_crt, &password, wanted, old) {
+        Ok(files) => {
+            content.extra.extend(files);
+            content.annotations.insert(PROFILE_ANNOTATION.into(), profile_name(wanted).into());
+            Ok(Ok(()))
+        }
+        Err(e) => Ok(Err(format!("cannot build the PKCS#12 keystores: {e}"))),
+    }
+}
+
+/// Turn a keystore problem into `Ready=False KeystorePasswordMissing` (one Warning per new reason),
+/// and look again soon.
+async fn report_keystore_problem(
+    obj: &TlsIdentity,
+    ctx: &Context,
+    old_status: &TlsIdentityStatus,
+    status: &mut TlsIdentityStatus,
+    problem: Option<String>,
+    renew_at: jiff::Timestamp,
+    now: jiff::Timestamp,
+) -> jiff::Timestamp {
+    let Some(msg) = problem else { return renew_at };
+    const REASON: &str = "KeystorePasswordMissing";
+    set_condition(&mut status.conditions, READY, false, REASON, msg.clone(), obj.metadata.generation, now);
+    if ready_reason(Some(old_status)) != Some(REASON) {
+        warn!(reason = REASON, message = msg, "keystores not written");
+        ctx.publish(obj, EventType::Warning, REASON, msg).await;
+    }
+    std::cmp::min(renew_at, now + KEYSTORE_RECHECK)
 }
 
 fn fill_certificate_status(status: &mut TlsIdentityStatus, info: &CertificateInfo, renew_at: jiff::Timestamp, ca: &Authority) {

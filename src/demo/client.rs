@@ -4,10 +4,7 @@ use std::{future::Future, pin::pin, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use rustls::{
-    ClientConfig,
-    client::Resumption,
-    crypto::CryptoProvider,
-    pki_types::ServerName,
+    ClientConfig, client::Resumption, crypto::CryptoProvider, pki_types::ServerName,
     sign::SingleCertAndKey,
 };
 use tokio::{
@@ -23,7 +20,7 @@ use super::{
     ClientArgs, IO_TIMEOUT, PROTOCOL_VERSIONS,
     credentials::{CredentialStore, Credentials},
     failure_reason,
-    identity::{CertSummary, NONE},
+    identity::{CertSummary, NONE, printable},
     millis, negotiated,
     server::wait_for_stop,
     telemetry::{self, Role, Telemetry},
@@ -52,13 +49,20 @@ impl Target {
             bail!("--connect {connect:?}: missing host");
         }
         let name = server_name.unwrap_or(host);
-        let server_name = ServerName::try_from(name.to_owned())
-            .with_context(|| format!("{name:?} is not a valid DNS name or IP address to verify the server against"))?;
-        Ok(Self { addr: connect.to_owned(), server_name })
+        let server_name = ServerName::try_from(name.to_owned()).with_context(|| {
+            format!("{name:?} is not a valid DNS name or IP address to verify the server against")
+        })?;
+        Ok(Self {
+            addr: connect.to_owned(),
+            server_name,
+        })
     }
 }
 
-pub(crate) async fn run(args: ClientArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    args: ClientArgs,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let target = Target::parse(&args.connect, args.server_name.as_deref())?;
     let metrics = TcpListener::bind(args.metrics_listen)
         .await
@@ -75,7 +79,11 @@ pub(crate) async fn drive(
 ) -> anyhow::Result<()> {
     let telemetry = Arc::new(Telemetry::new(Role::Client));
     let (stop_http, http_stopped) = watch::channel(false);
-    let http = tokio::spawn(telemetry::serve(metrics, telemetry.clone(), wait_for_stop(http_stopped)));
+    let http = tokio::spawn(telemetry::serve(
+        metrics,
+        telemetry.clone(),
+        wait_for_stop(http_stopped),
+    ));
 
     let result = connect_until(args, target, telemetry, shutdown).await;
 
@@ -107,7 +115,7 @@ async fn connect_until(
     };
     info!(
         server = %target.addr,
-        server_name = ?target.server_name,
+        server_name = %target.server_name.to_str(),
         interval_ms = millis(args.interval),
         "connecting to {} every {:?}",
         target.addr,
@@ -135,7 +143,10 @@ async fn connect_until(
     }
     info!(attempts, failures, "demo client stopped");
     if args.count.is_some() && failures > 0 {
-        bail!("{failures} of {attempts} mTLS exchanges with {} failed", target.addr);
+        bail!(
+            "{failures} of {attempts} mTLS exchanges with {} failed",
+            target.addr
+        );
     }
     Ok(())
 }
@@ -168,8 +179,9 @@ async fn exchange_and_report(
             true
         }
         Err(failed) => {
-            if let Some(took) = failed.took {
-                telemetry.handshake(false, took);
+            match failed.took {
+                Some(took) => telemetry.handshake(false, took),
+                None => telemetry.connect_failed(),
             }
             let peer = failed.presented.as_ref();
             warn!(
@@ -182,8 +194,7 @@ async fn exchange_and_report(
                 tls_version = %NONE,
                 latency_ms = millis(failed.took.unwrap_or_default()),
                 server = %target.addr,
-                "mTLS handshake failed: {}",
-                failed.reason,
+                "mTLS handshake failed",
             );
             false
         }
@@ -215,7 +226,10 @@ pub(crate) fn client_config(
     creds: &Credentials,
     presented: Presented,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
-    let verifier = Arc::new(ObservingServerVerifier { inner: creds.server_verifier.clone(), presented });
+    let verifier = Arc::new(ObservingServerVerifier {
+        inner: creds.server_verifier.clone(),
+        presented,
+    });
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         // "dangerous" only because the verifier is custom: it is webpki's, wrapped to observe.
@@ -242,14 +256,35 @@ pub(crate) async fn exchange(
     })?;
     let tcp = match timeout(IO_TIMEOUT, TcpStream::connect(&target.addr)).await {
         Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(Failed { reason: format!("cannot connect: {e}"), presented: None, took: None }),
-        Err(_) => return Err(Failed { reason: "cannot connect: timed out".into(), presented: None, took: None }),
+        Ok(Err(e)) => {
+            return Err(Failed {
+                reason: format!("cannot connect: {e}"),
+                presented: None,
+                took: None,
+            });
+        }
+        Err(_) => {
+            return Err(Failed {
+                reason: "cannot connect: timed out".into(),
+                presented: None,
+                took: None,
+            });
+        }
     };
     let _ = tcp.set_nodelay(true);
 
     let started = Instant::now();
-    let fail = |reason: String| Failed { reason, presented: presented.summary(), took: Some(started.elapsed()) };
-    let mut tls = match timeout(IO_TIMEOUT, TlsConnector::from(config).connect(target.server_name.clone(), tcp)).await {
+    let fail = |reason: String| Failed {
+        reason,
+        presented: presented.summary(),
+        took: Some(started.elapsed()),
+    };
+    let mut tls = match timeout(
+        IO_TIMEOUT,
+        TlsConnector::from(config).connect(target.server_name.clone(), tcp),
+    )
+    .await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return Err(fail(failure_reason(&e))),
         Err(_) => return Err(fail("handshake timed out".into())),
@@ -258,11 +293,21 @@ pub(crate) async fn exchange(
     // In TLS 1.3 our side of the handshake ends before the server has checked our certificate, so
     // only its reply (or its alert) says whether we were accepted: the reply is part of the check.
     let mut reply = Vec::new();
-    match timeout(IO_TIMEOUT, (&mut tls).take(MAX_REPLY).read_to_end(&mut reply)).await {
+    match timeout(
+        IO_TIMEOUT,
+        (&mut tls).take(MAX_REPLY).read_to_end(&mut reply),
+    )
+    .await
+    {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
-            let reason = match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-                Some(alert @ rustls::Error::AlertReceived(_)) => format!("rejected by the server: {alert}"),
+            let reason = match e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                Some(alert @ rustls::Error::AlertReceived(_)) => {
+                    format!("rejected by the server: {alert}")
+                }
                 _ => failure_reason(&e),
             };
             return Err(fail(reason));
@@ -272,7 +317,9 @@ pub(crate) async fn exchange(
     let took = started.elapsed();
     let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
     if reply.is_empty() {
-        return Err(fail("the server closed the connection without a reply".into()));
+        return Err(fail(
+            "the server closed the connection without a reply".into(),
+        ));
     }
 
     let (_, conn) = tls.get_ref();
@@ -286,7 +333,7 @@ pub(crate) async fn exchange(
         peer,
         version,
         cipher,
-        reply: String::from_utf8_lossy(&reply).trim_end().to_owned(),
+        reply: printable(String::from_utf8_lossy(&reply).trim_end()),
         took,
     })
 }
@@ -299,7 +346,10 @@ mod tests {
     fn targets() {
         let t = Target::parse("demo-server.demo.svc:8443", None).unwrap();
         assert_eq!(t.addr, "demo-server.demo.svc:8443");
-        assert_eq!(t.server_name, ServerName::try_from("demo-server.demo.svc").unwrap());
+        assert_eq!(
+            t.server_name,
+            ServerName::try_from("demo-server.demo.svc").unwrap()
+        );
         let t = Target::parse("127.0.0.1:8443", Some("localhost")).unwrap();
         assert_eq!(t.server_name, ServerName::try_from("localhost").unwrap());
         let t = Target::parse("[::1]:8443", None).unwrap();

@@ -69,7 +69,10 @@ pub(crate) enum LoadError {
 }
 
 fn invalid(file: &'static str, reason: impl fmt::Display) -> LoadError {
-    LoadError::Invalid { file, reason: reason.to_string() }
+    LoadError::Invalid {
+        file,
+        reason: reason.to_string(),
+    }
 }
 
 /// Cheap summary of a credential directory's state: equal fingerprints mean nothing to reload.
@@ -94,7 +97,11 @@ impl Fingerprint {
 }
 
 /// Read and validate the credentials in `dir` as of `fingerprint`.
-pub(crate) fn load(dir: &Path, fingerprint: &Fingerprint, provider: &Arc<CryptoProvider>) -> Result<Credentials, LoadError> {
+pub(crate) fn load(
+    dir: &Path,
+    fingerprint: &Fingerprint,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Credentials, LoadError> {
     let base = match &fingerprint.data_target {
         // A relative target resolves against `dir`; an absolute one replaces it.
         Some(target) => dir.join(target),
@@ -109,11 +116,18 @@ pub(crate) fn load(dir: &Path, fingerprint: &Fingerprint, provider: &Arc<CryptoP
 }
 
 /// Validate the three files' contents. Pure, so every malformed input can be tested directly.
-pub(crate) fn parse(crt: &[u8], key: &[u8], ca: &[u8], provider: &Arc<CryptoProvider>) -> Result<Credentials, LoadError> {
+pub(crate) fn parse(
+    crt: &[u8],
+    key: &[u8],
+    ca: &[u8],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Credentials, LoadError> {
     let chain = CertificateDer::pem_slice_iter(crt)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(TLS_CRT, format!("malformed PEM: {e}")))?;
-    let leaf_der = chain.first().ok_or_else(|| invalid(TLS_CRT, "no CERTIFICATE block"))?;
+    let leaf_der = chain
+        .first()
+        .ok_or_else(|| invalid(TLS_CRT, "no CERTIFICATE block"))?;
     let leaf = CertSummary::from_der(leaf_der).map_err(|e| invalid(TLS_CRT, e))?;
 
     // The PEM error type can quote the offending line; for the key file that could be key
@@ -137,32 +151,43 @@ pub(crate) fn parse(crt: &[u8], key: &[u8], ca: &[u8], provider: &Arc<CryptoProv
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
             return Err(LoadError::KeyMismatch);
         }
-        Err(e) => return Err(invalid(TLS_KEY, format!("cannot confirm it matches tls.crt: {e}"))),
+        Err(e) => {
+            return Err(invalid(
+                TLS_KEY,
+                format!("cannot confirm it matches tls.crt: {e}"),
+            ));
+        }
     }
 
     let mut store = RootCertStore::empty();
     for (i, root) in CertificateDer::pem_slice_iter(ca).enumerate() {
         let root = root.map_err(|e| invalid(CA_CRT, format!("malformed PEM: {e}")))?;
         // Strict on purpose: a bundle with one bad root is more likely half-written than intended.
-        store
-            .add(root)
-            .map_err(|e| invalid(CA_CRT, format!("certificate #{} is not a usable trust anchor: {e}", i + 1)))?;
+        store.add(root).map_err(|e| {
+            invalid(
+                CA_CRT,
+                format!("certificate #{} is not a usable trust anchor: {e}", i + 1),
+            )
+        })?;
     }
     if store.is_empty() {
         return Err(invalid(CA_CRT, "no CERTIFICATE block"));
     }
     let roots = store.len();
     let store = Arc::new(store);
-    let client_verifier = WebPkiClientVerifier::builder_with_provider(store.clone(), provider.clone())
-        .build()
-        .map_err(|e| invalid(CA_CRT, e))?;
+    let client_verifier =
+        WebPkiClientVerifier::builder_with_provider(store.clone(), provider.clone())
+            .build()
+            .map_err(|e| invalid(CA_CRT, e))?;
     let server_verifier = WebPkiServerVerifier::builder_with_provider(store, provider.clone())
         .build()
         .map_err(|e| invalid(CA_CRT, e))?;
 
     let mut digest = Sha256::new();
-    digest.update(crt);
-    digest.update(ca);
+    for file in [crt, ca] {
+        digest.update((file.len() as u64).to_be_bytes());
+        digest.update(file);
+    }
     Ok(Credentials {
         certified: Arc::new(certified),
         client_verifier,
@@ -302,8 +327,8 @@ impl CredentialStore {
                 warn!(
                     cert_dir = %self.dir.display(),
                     error = %e,
-                    serial = %self.snapshot().leaf.serial,
-                    "ignoring new credentials, keeping the current ones: {e}",
+                    kept_serial = %self.snapshot().leaf.serial,
+                    "ignoring new credentials, keeping the current ones",
                 );
                 self.telemetry.reload_failed();
                 state.refused = Some(fingerprint);
@@ -335,7 +360,10 @@ impl CredentialStore {
         }
     }
 
-    async fn read(dir: &Path, provider: &Arc<CryptoProvider>) -> (Fingerprint, Result<Credentials, LoadError>) {
+    async fn read(
+        dir: &Path,
+        provider: &Arc<CryptoProvider>,
+    ) -> (Fingerprint, Result<Credentials, LoadError>) {
         let (dir, provider) = (dir.to_path_buf(), provider.clone());
         let task = tokio::task::spawn_blocking(move || {
             let fingerprint = Fingerprint::of(&dir);
@@ -345,8 +373,14 @@ impl CredentialStore {
         match task.await {
             Ok(read) => read,
             Err(e) => (
-                Fingerprint { data_target: None, files: [None, None, None] },
-                Err(LoadError::Read { path: PathBuf::new(), source: io::Error::other(e) }),
+                Fingerprint {
+                    data_target: None,
+                    files: [None, None, None],
+                },
+                Err(LoadError::Read {
+                    path: PathBuf::new(),
+                    source: io::Error::other(e),
+                }),
             ),
         }
     }
@@ -369,12 +403,24 @@ mod tests {
         let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let leaf = rcgen::CertificateParams::new(vec!["leaf.test".to_string()]).unwrap();
-        let crt = leaf.signed_by(&key, &rcgen::Issuer::new(ca, ca_key)).unwrap().pem();
-        Set { crt, key: key.serialize_pem(), ca: ca_pem }
+        let crt = leaf
+            .signed_by(&key, &rcgen::Issuer::new(ca, ca_key))
+            .unwrap()
+            .pem();
+        Set {
+            crt,
+            key: key.serialize_pem(),
+            ca: ca_pem,
+        }
     }
 
     fn try_parse(crt: &str, key: &str, ca: &str) -> Result<Credentials, LoadError> {
-        parse(crt.as_bytes(), key.as_bytes(), ca.as_bytes(), &crate::demo::provider())
+        parse(
+            crt.as_bytes(),
+            key.as_bytes(),
+            ca.as_bytes(),
+            &crate::demo::provider(),
+        )
     }
 
     #[test]
@@ -398,15 +444,25 @@ mod tests {
             (&s.crt, truncated_key, &s.ca, "tls.key: malformed PEM"),
             (&s.crt, &other.key, &s.ca, "tls.key does not belong"),
             (&s.crt, &s.key, "", "ca.crt: no CERTIFICATE block"),
-            (&s.crt, &s.key, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "ca.crt: certificate #1"),
+            (
+                &s.crt,
+                &s.key,
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "ca.crt: certificate #1",
+            ),
         ];
         for (crt, key, ca, want) in cases {
             let err = try_parse(crt, key, ca).expect_err(want).to_string();
             assert!(err.starts_with(want), "got {err:?}, want prefix {want:?}");
-            assert!(!err.contains("PRIVATE KEY-----") && !err.contains(&s.key[30..60]), "{err}");
+            assert!(
+                !err.contains("PRIVATE KEY-----") && !err.contains(&s.key[30..60]),
+                "{err}"
+            );
         }
         let bad_der = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
-        let err = try_parse(bad_der, &s.key, &s.ca).expect_err("bad DER").to_string();
+        let err = try_parse(bad_der, &s.key, &s.ca)
+            .expect_err("bad DER")
+            .to_string();
         assert!(err.starts_with("tls.crt: unparseable certificate"), "{err}");
     }
 

@@ -21,9 +21,10 @@ pub(crate) const NONE: &str = "-";
 
 impl CertSummary {
     pub(crate) fn from_der(der: &[u8]) -> Result<Self, String> {
-        let (_, cert) = parse_x509_certificate(der).map_err(|e| format!("unparseable certificate: {e}"))?;
+        let (_, cert) =
+            parse_x509_certificate(der).map_err(|e| format!("unparseable certificate: {e}"))?;
         Ok(Self {
-            identity: identity_of(&cert),
+            identity: printable(&identity_of(&cert)),
             serial: hex::encode(cert.raw_serial()),
             not_after: cert.validity().not_after.timestamp(),
         })
@@ -84,6 +85,24 @@ fn identity_of(cert: &X509Certificate<'_>) -> String {
         .unwrap_or_else(|| "<no identity>".into())
 }
 
+/// Names in a certificate are chosen by whoever made it, and the server logs what a *rejected*
+/// client presented: without this, a crafted SAN containing a newline could forge log lines.
+pub(crate) fn printable(name: &str) -> String {
+    const MAX_CHARS: usize = 256;
+    let mut out = String::with_capacity(name.len().min(MAX_CHARS));
+    for c in name.chars().take(MAX_CHARS) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if name.chars().nth(MAX_CHARS).is_some() {
+        out.push('\u{2026}');
+    }
+    out
+}
+
 fn ip_to_string(bytes: &[u8]) -> Option<String> {
     if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
         return Some(std::net::Ipv4Addr::from(v4).to_string());
@@ -103,7 +122,9 @@ mod tests {
         params.subject_alt_names = sans;
         params.distinguished_name = rcgen::DistinguishedName::new();
         if let Some(cn) = cn {
-            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
         }
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x0a, 0xbc]));
         params.self_signed(&key).unwrap().der().to_vec()
@@ -116,7 +137,11 @@ mod tests {
         let dns = || DnsName("b.a.svc".try_into().unwrap());
         let ip = || IpAddress("10.0.0.7".parse().unwrap());
         let cases = [
-            (vec![dns(), uri()], Some("cn"), "spiffe://cluster.local/ns/a/sa/b"),
+            (
+                vec![dns(), uri()],
+                Some("cn"),
+                "spiffe://cluster.local/ns/a/sa/b",
+            ),
             (vec![ip(), dns()], Some("cn"), "b.a.svc"),
             (vec![ip()], Some("cn"), "10.0.0.7"),
             (vec![], Some("cn"), "cn"),
@@ -127,6 +152,21 @@ mod tests {
             assert_eq!(summary.identity, want);
             assert_eq!(summary.serial, "0abc");
         }
+    }
+
+    #[test]
+    fn names_cannot_forge_log_lines() {
+        assert_eq!(printable("spiffe://a/b"), "spiffe://a/b");
+        assert_eq!(
+            printable("evil\nINFO forged\u{1b}[0m"),
+            "evil\\nINFO forged\\u{1b}[0m"
+        );
+        assert_eq!(printable(&"x".repeat(300)).chars().count(), 257);
+        let cn = cert(vec![], Some("line one\nline two"));
+        assert_eq!(
+            CertSummary::from_der(&cn).unwrap().identity,
+            "line one\\nline two"
+        );
     }
 
     #[test]

@@ -7,8 +7,17 @@
 //! one. Each connection is pinned to the credentials current when it started, so a rotation never
 //! disturbs a connection in flight.
 //!
-//! What users watch in `kubectl logs` is one line per handshake and one per credential reload;
-//! `/metrics`, `/healthz` and `/readyz` are served on `--metrics-listen`.
+//! What users watch in `kubectl logs` is one line per handshake and one per credential reload:
+//!
+//! ```text
+//! INFO mTLS handshake ok role=server result=ok peer=spiffe://… peer_serial=… own_serial=… tls_version=TLSv1.3 cipher=… latency_ms=1.2 peer_addr=…
+//! WARN mTLS handshake failed role=server result=failed reason=invalid peer certificate: UnknownIssuer peer=<what was presented> …
+//! INFO credentials reloaded: <old serial> → <new serial> old_serial=… new_serial=… identity=… not_after=… roots=…
+//! ```
+//!
+//! `/metrics` (`tlsid_demo_handshakes_total{role,result}`, `tlsid_demo_certificate_serial_info`,
+//! `tlsid_demo_certificate_expiration_timestamp_seconds`, `tlsid_demo_credential_reloads_total`, …),
+//! `/healthz` and `/readyz` are served on `--metrics-listen`.
 //!
 //! Readiness: the server is ready once it has loaded credentials and is accepting connections; the
 //! client is ready once it has completed one mTLS exchange (credentials alone prove nothing about
@@ -90,12 +99,18 @@ pub struct ClientArgs {
 }
 
 /// Serve mTLS until `shutdown` resolves; then stop accepting and let connections in flight finish.
-pub async fn run_server(args: ServerArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run_server(
+    args: ServerArgs,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     server::run(args, shutdown).await
 }
 
 /// Connect to the demo server every `--interval` until `shutdown` resolves (or `--count` attempts).
-pub async fn run_client(args: ClientArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run_client(
+    args: ClientArgs,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     client::run(args, shutdown).await
 }
 
@@ -123,7 +138,10 @@ pub(crate) fn negotiated(conn: &rustls::CommonState) -> (&'static str, String) {
 /// The most specific reason an I/O error on a TLS stream carries: the rustls error if there is one
 /// (e.g. `invalid peer certificate: UnknownIssuer`, `received fatal alert: UnknownCA`).
 pub(crate) fn failure_reason(e: &std::io::Error) -> String {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
         Some(tls) => tls.to_string(),
         None => e.to_string(),
     }
@@ -141,7 +159,8 @@ pub(crate) fn millis(d: Duration) -> f64 {
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
     // Beyond this the value is certainly a mistake, and it keeps the float-to-integer step exact.
     const MAX_NANOS: f64 = 100.0 * 365.0 * 24.0 * 3600.0 * 1e9;
-    let invalid = |why: &str| format!("invalid duration {input:?}: {why} (examples: 500ms, 2s, 1m30s)");
+    let invalid =
+        |why: &str| format!("invalid duration {input:?}: {why} (examples: 500ms, 2s, 1m30s)");
 
     let text = input.trim();
     if text == "0" {
@@ -184,8 +203,67 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
 /// Like [`parse_duration`], but zero is refused: a zero interval would spin.
 pub fn parse_positive_duration(input: &str) -> Result<Duration, String> {
     match parse_duration(input)? {
-        Duration::ZERO => Err(format!("invalid duration {input:?}: must be greater than zero")),
+        Duration::ZERO => Err(format!(
+            "invalid duration {input:?}: must be greater than zero"
+        )),
         d => Ok(d),
+    }
+}
+
+#[cfg(test)]
+mod args_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    enum Demo {
+        Server(ServerArgs),
+        Client(ClientArgs),
+    }
+
+    #[test]
+    fn defaults_and_parsing() {
+        let Demo::Server(s) = Demo::try_parse_from(["demo", "server"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(s.metrics_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(s.reload_interval, Duration::from_secs(1));
+
+        let argv = [
+            "demo",
+            "client",
+            "--connect",
+            "srv:8443",
+            "--interval",
+            "1m30s",
+            "--count",
+            "3",
+        ];
+        let Demo::Client(c) = Demo::try_parse_from(argv).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (c.connect.as_str(), c.interval, c.count),
+            ("srv:8443", Duration::from_secs(90), Some(3))
+        );
+        assert_eq!(c.server_name, None);
+
+        for bad in [
+            vec![
+                "demo",
+                "client",
+                "--connect",
+                "srv:8443",
+                "--interval",
+                "0s",
+            ],
+            vec!["demo", "client", "--connect", "srv:8443", "--interval", "2"],
+            vec!["demo", "client", "--connect", "srv:8443", "--count", "0"],
+            vec!["demo", "server", "--listen", "nonsense"],
+        ] {
+            assert!(Demo::try_parse_from(&bad).is_err(), "{bad:?}");
+        }
     }
 }
 
@@ -213,12 +291,30 @@ mod duration_tests {
     #[test]
     fn bad_durations_are_errors_not_panics() {
         for input in [
-            "", "s", "2", "2x", "-2s", "+2s", "1e400s", "NaNs", "infh", "1..2s", ".s", "9999999999999h", "2s3",
+            "",
+            "s",
+            "2",
+            "2x",
+            "-2s",
+            "+2s",
+            "1e400s",
+            "NaNs",
+            "infh",
+            "1..2s",
+            ".s",
+            "9999999999999h",
+            "2s3",
         ] {
-            assert!(parse_duration(input).is_err(), "{input:?} should be rejected");
+            assert!(
+                parse_duration(input).is_err(),
+                "{input:?} should be rejected"
+            );
         }
         assert!(parse_positive_duration("0").is_err());
         assert!(parse_positive_duration("0s").is_err());
-        assert_eq!(parse_positive_duration("20ms"), Ok(Duration::from_millis(20)));
+        assert_eq!(
+            parse_positive_duration("20ms"),
+            Ok(Duration::from_millis(20))
+        );
     }
 }

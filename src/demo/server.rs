@@ -4,13 +4,10 @@ use std::{future::Future, net::SocketAddr, pin::pin, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use rustls::{
-    ServerConfig,
-    crypto::CryptoProvider,
-    server::NoServerSessionStorage,
-    sign::SingleCertAndKey,
+    ServerConfig, crypto::CryptoProvider, server::NoServerSessionStorage, sign::SingleCertAndKey,
 };
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::watch,
     task::JoinSet,
@@ -29,7 +26,13 @@ use super::{
     verify::{ObservingClientVerifier, Presented},
 };
 
-pub(crate) async fn run(args: ServerArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// How long a connection waits for the client to close after the greeting.
+const LINGER: Duration = Duration::from_secs(1);
+
+pub(crate) async fn run(
+    args: ServerArgs,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     // Both sockets are bound before anything else so a port conflict fails the start, loudly.
     let metrics = TcpListener::bind(args.metrics_listen)
         .await
@@ -49,7 +52,11 @@ pub(crate) async fn serve(
 ) -> anyhow::Result<()> {
     let telemetry = Arc::new(Telemetry::new(Role::Server));
     let (stop_http, http_stopped) = watch::channel(false);
-    let http = tokio::spawn(telemetry::serve(metrics, telemetry.clone(), wait_for_stop(http_stopped)));
+    let http = tokio::spawn(telemetry::serve(
+        metrics,
+        telemetry.clone(),
+        wait_for_stop(http_stopped),
+    ));
 
     let result = accept_until(args, listener, telemetry, shutdown).await;
 
@@ -75,7 +82,9 @@ async fn accept_until(
 ) -> anyhow::Result<()> {
     let mut shutdown = pin!(shutdown);
     let provider = super::provider();
-    let local_addr = listener.local_addr().context("listening socket has no address")?;
+    let local_addr = listener
+        .local_addr()
+        .context("listening socket has no address")?;
     let store = tokio::select! {
         store = CredentialStore::wait_for_initial(
             args.cert_dir.clone(),
@@ -106,6 +115,8 @@ async fn accept_until(
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
+            // Shutdown first: once it is requested, not one more connection is taken.
+            biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer_addr)) => {
@@ -123,7 +134,10 @@ async fn accept_until(
 
     refresher.abort();
     drop(listener);
-    info!(in_flight = connections.len(), "shutting down: no longer accepting, finishing connections in flight");
+    info!(
+        in_flight = connections.len(),
+        "shutting down: no longer accepting, finishing connections in flight"
+    );
     while let Some(done) = connections.join_next().await {
         report_panic(done);
     }
@@ -144,7 +158,10 @@ fn server_config(
     creds: &Credentials,
     presented: Presented,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let verifier = Arc::new(ObservingClientVerifier { inner: creds.client_verifier.clone(), presented });
+    let verifier = Arc::new(ObservingClientVerifier {
+        inner: creds.client_verifier.clone(),
+        presented,
+    });
     let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(PROTOCOL_VERSIONS)?
         .with_client_cert_verifier(verifier)
@@ -167,6 +184,7 @@ async fn handle(
     // Pinned for the connection's whole life: a rotation now only affects later connections.
     let creds = store.current().await;
     let own = &creds.leaf;
+    debug!(%peer_addr, own_serial = %own.serial, "connection accepted");
     let presented = Presented::default();
     let config = match server_config(&provider, &creds, presented.clone()) {
         Ok(config) => config,
@@ -177,7 +195,11 @@ async fn handle(
     };
 
     let started = Instant::now();
-    let accepted = timeout(IO_TIMEOUT, TlsAcceptor::from(config).accept(tcp).into_fallible()).await;
+    let accepted = timeout(
+        IO_TIMEOUT,
+        TlsAcceptor::from(config).accept(tcp).into_fallible(),
+    )
+    .await;
     let took = started.elapsed();
     let failed = |reason: &str| {
         telemetry.handshake(false, took);
@@ -192,11 +214,18 @@ async fn handle(
             tls_version = %NONE,
             latency_ms = millis(took),
             %peer_addr,
-            "mTLS handshake failed: {reason}",
+            "mTLS handshake failed",
         );
     };
     let mut tls = match accepted {
         Ok(Ok(tls)) => tls,
+        Ok(Err((e, _)))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof && presented.summary().is_none() =>
+        {
+            // TCP health checks and port scanners connect and leave: not a handshake, not a failure.
+            debug!(%peer_addr, "connection closed before a TLS handshake");
+            return;
+        }
         Ok(Err((e, mut tcp))) => {
             failed(&failure_reason(&e));
             // A FIN rather than a reset, so the client gets to read our alert.
@@ -204,14 +233,20 @@ async fn handle(
             return;
         }
         Err(_) => {
-            failed(&format!("handshake not completed within {}s", IO_TIMEOUT.as_secs()));
+            failed(&format!(
+                "handshake not completed within {}s",
+                IO_TIMEOUT.as_secs()
+            ));
             return;
         }
     };
 
     let (_, conn) = tls.get_ref();
     let (version, cipher) = negotiated(conn);
-    let Some(peer) = conn.peer_certificates().and_then(|c| c.first()).map(|c| CertSummary::from_der_lossy(c))
+    let Some(peer) = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| CertSummary::from_der_lossy(c))
     else {
         // Unreachable while client auth is mandatory; refuse rather than greet an anonymous peer.
         failed("client presented no certificate");
@@ -232,7 +267,10 @@ async fn handle(
         "mTLS handshake ok",
     );
 
-    let greeting = format!("hello {} from {}, your serial {}\n", peer.identity, own.identity, peer.serial);
+    let greeting = format!(
+        "hello {} from {}, your serial {}\n",
+        peer.identity, own.identity, peer.serial
+    );
     let reply = async {
         tls.write_all(greeting.as_bytes()).await?;
         // close_notify: tells the client the reply is complete, not truncated.
@@ -240,7 +278,17 @@ async fn handle(
     };
     match timeout(IO_TIMEOUT, reply).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(%peer_addr, error = %failure_reason(&e), "could not deliver the greeting"),
+        Ok(Err(e)) => {
+            debug!(%peer_addr, error = %failure_reason(&e), "could not deliver the greeting")
+        }
         Err(_) => debug!(%peer_addr, "timed out delivering the greeting"),
     }
+    // Closing a socket with unread input makes the kernel send a reset, which can destroy the
+    // greeting before the client reads it (e.g. `openssl s_client` forwarding a typed line). So
+    // wait briefly for the client to close first, discarding whatever it sent.
+    let mut sink = [0_u8; 1024];
+    let _ = timeout(LINGER, async {
+        while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }

@@ -72,6 +72,7 @@ pub(crate) struct Telemetry {
     expiration: Gauge,
     serial_info: Family<CertLabels, Gauge>,
     peer_serial_info: Family<CertLabels, Gauge>,
+    connect_failures: Counter,
     reloads: Counter,
     reload_failures: Counter,
     ready: AtomicBool,
@@ -91,8 +92,9 @@ impl Telemetry {
             "mTLS handshakes by role and result (success or failure)",
             handshakes.clone(),
         );
-        let handshake_duration =
-            Family::<RoleLabels, Histogram>::new_with_constructor(handshake_histogram as fn() -> Histogram);
+        let handshake_duration = Family::<RoleLabels, Histogram>::new_with_constructor(
+            handshake_histogram as fn() -> Histogram,
+        );
         registry.register(
             "tlsid_demo_handshake_duration_seconds",
             "Time to complete an mTLS handshake, successful or not",
@@ -116,6 +118,14 @@ impl Telemetry {
             "Always 1, labelled with the serial (hex) and identity the last successfully verified peer presented",
             peer_serial_info.clone(),
         );
+        let connect_failures = Counter::default();
+        if role == Role::Client {
+            registry.register(
+                "tlsid_demo_connect_failures",
+                "Attempts that failed before a handshake could start (server unreachable)",
+                connect_failures.clone(),
+            );
+        }
         let reloads = Counter::default();
         registry.register(
             "tlsid_demo_credential_reloads",
@@ -136,6 +146,7 @@ impl Telemetry {
             expiration,
             serial_info,
             peer_serial_info,
+            connect_failures,
             reloads,
             reload_failures,
             ready: AtomicBool::new(false),
@@ -149,10 +160,16 @@ impl Telemetry {
     pub(crate) fn handshake(&self, success: bool, took: Duration) {
         let result = if success { "success" } else { "failure" };
         let role = self.role.as_str();
-        self.handshakes.get_or_create(&HandshakeLabels { role, result }).inc();
+        self.handshakes
+            .get_or_create(&HandshakeLabels { role, result })
+            .inc();
         self.handshake_duration
             .get_or_create(&RoleLabels { role })
             .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn connect_failed(&self) {
+        self.connect_failures.inc();
     }
 
     pub(crate) fn peer_verified(&self, peer: &CertSummary) {
@@ -190,7 +207,10 @@ impl Telemetry {
 
 /// An info-style family holds exactly one series: the certificate in use now.
 fn set_only(family: &Family<CertLabels, Gauge>, cert: &CertSummary) {
-    let labels = CertLabels { serial: cert.serial.clone(), identity: cert.identity.clone() };
+    let labels = CertLabels {
+        serial: cert.serial.clone(),
+        identity: cert.identity.clone(),
+    };
     family.clear();
     family.get_or_create(&labels).set(1);
 }
@@ -208,14 +228,19 @@ pub(crate) async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(telemetry);
-    axum::serve(listener, app).with_graceful_shutdown(stop).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
 }
 
 async fn metrics(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
     match telemetry.encode() {
         Ok(body) => (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         ),
         Err(_) => (

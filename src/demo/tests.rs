@@ -1,1 +1,964 @@
+//! End-to-end tests of the demo on loopback: real sockets, real handshakes, and certificate
+//! directories laid out the way the kubelet lays out a mounted Secret.
 
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use rustls::{
+    ClientConfig, RootCertStore, pki_types::CertificateDer, pki_types::PrivateKeyDer,
+    pki_types::pem::PemObject,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+    task::JoinHandle,
+    time::Instant,
+};
+use tokio_rustls::TlsConnector;
+
+use super::{
+    ClientArgs, ServerArgs,
+    client::{self, Target},
+    credentials::{self, CA_CRT, Credentials, DATA_LINK, TLS_CRT, TLS_KEY},
+    identity::CertSummary,
+    server,
+    verify::Presented,
+};
+
+const SERVER_ID: &str = "spiffe://cluster.local/ns/demo/sa/server";
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/demo/sa/client";
+const IMPOSTOR_ID: &str = "spiffe://evil.example/ns/demo/sa/client";
+const RELOAD: Duration = Duration::from_millis(50);
+
+// === PKI fixtures ===
+
+struct Ca {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    /// The CA's own certificate: the trust anchor for a root, part of the chain for an intermediate.
+    pem: String,
+    /// What a leaf's `tls.crt` carries after the leaf itself.
+    intermediates: String,
+}
+
+struct Leaf {
+    crt: String,
+    key: String,
+    serial: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            params,
+            key,
+            pem,
+            intermediates: String::new(),
+        }
+    }
+
+    fn intermediate(&self, name: &str) -> Self {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let pem = params.signed_by(&key, &issuer).unwrap().pem();
+        let intermediates = format!("{pem}{}", self.intermediates);
+        Self {
+            params,
+            key,
+            pem,
+            intermediates,
+        }
+    }
+
+    /// A workload certificate: the identity as URI SAN, plus `localhost` so the client can verify
+    /// it by name, usable for both ends of mTLS like the ones tlsid issues.
+    fn issue(&self, identity: &str) -> Leaf {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .insert(0, rcgen::SanType::URI(identity.try_into().unwrap()));
+        params.serial_number = Some(rcgen::SerialNumber::from(rand::random::<u64>()));
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params
+            .signed_by(&key, &rcgen::Issuer::from_params(&self.params, &self.key))
+            .unwrap();
+        Leaf {
+            serial: CertSummary::from_der(cert.der()).unwrap().serial,
+            crt: format!("{}{}", cert.pem(), self.intermediates),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+fn creds(leaf: &Leaf, bundle: &str) -> Credentials {
+    credentials::parse(
+        leaf.crt.as_bytes(),
+        leaf.key.as_bytes(),
+        bundle.as_bytes(),
+        &super::provider(),
+    )
+    .unwrap()
+}
+
+// === A certificate directory as the kubelet writes it ===
+
+/// Mirrors the kubelet's AtomicWriter: each version in a fresh `..<timestamp>` directory,
+/// `..data` swapped onto it by renaming a temporary symlink, then the old version deleted.
+struct CertDir {
+    _tmp: tempfile::TempDir,
+    path: PathBuf,
+    generation: u32,
+    current: Option<PathBuf>,
+}
+
+impl CertDir {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        Self {
+            path: tmp.path().to_path_buf(),
+            _tmp: tmp,
+            generation: 0,
+            current: None,
+        }
+    }
+
+    fn publish(&mut self, crt: &str, key: &str, ca: &str) {
+        self.generation += 1;
+        let version = format!(
+            "..2026_01_01_00_00_{:02}.{}",
+            self.generation,
+            std::process::id()
+        );
+        let version_dir = self.path.join(&version);
+        std::fs::create_dir(&version_dir).unwrap();
+        for (name, content) in [(TLS_CRT, crt), (TLS_KEY, key), (CA_CRT, ca)] {
+            std::fs::write(version_dir.join(name), content).unwrap();
+        }
+        let tmp_link = self.path.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp_link).unwrap();
+        std::fs::rename(&tmp_link, self.path.join(DATA_LINK)).unwrap();
+        for name in [TLS_CRT, TLS_KEY, CA_CRT] {
+            let link = self.path.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(Path::new(DATA_LINK).join(name), &link).unwrap();
+            }
+        }
+        if let Some(old) = self.current.replace(version_dir) {
+            std::fs::remove_dir_all(old).unwrap();
+        }
+    }
+
+    fn publish_leaf(&mut self, leaf: &Leaf, bundle: &str) {
+        self.publish(&leaf.crt, &leaf.key, bundle);
+    }
+}
+
+// === Captured logs ===
+
+/// The log lines of one test. Tests run on a current-thread runtime, so every task they spawn
+/// logs through the thread-local subscriber installed here.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Lines containing every one of `needles`.
+    fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn assert_line(&self, needles: &[&str]) -> String {
+        self.lines_with(needles)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no log line with {needles:?} in:\n{}", self.text()))
+    }
+}
+
+// === Running processes ===
+
+struct Running {
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("stops promptly")
+            .expect("no panic")
+    }
+
+    async fn metrics(&self) -> String {
+        let (status, body) = http_get(self.metrics, "/metrics").await;
+        assert_eq!(status, 200);
+        body
+    }
+}
+
+fn stop_signal() -> (
+    oneshot::Sender<()>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = oneshot::channel::<()>();
+    (tx, async move {
+        let _ = rx.await;
+    })
+}
+
+async fn start_server(dir: &CertDir) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, metrics_addr) = (
+        listener.local_addr().unwrap(),
+        metrics.local_addr().unwrap(),
+    );
+    let args = ServerArgs {
+        cert_dir: dir.path.clone(),
+        listen: addr,
+        metrics_listen: metrics_addr,
+        reload_interval: RELOAD,
+    };
+    let (stop, signal) = stop_signal();
+    let task = tokio::spawn(server::serve(args, listener, metrics, signal));
+    Running {
+        addr,
+        metrics: metrics_addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+async fn start_client(dir: &CertDir, server: SocketAddr, count: Option<u64>) -> Running {
+    let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics.local_addr().unwrap();
+    let args = ClientArgs {
+        cert_dir: dir.path.clone(),
+        connect: server.to_string(),
+        server_name: Some("localhost".into()),
+        interval: Duration::from_millis(20),
+        count,
+        metrics_listen: metrics_addr,
+        reload_interval: RELOAD,
+    };
+    let target = Target::parse(&args.connect, args.server_name.as_deref()).unwrap();
+    let (stop, signal) = stop_signal();
+    let task = tokio::spawn(client::drive(args, target, metrics, signal));
+    Running {
+        addr: server,
+        metrics: metrics_addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+async fn wait_ready(process: &Running) {
+    eventually("/readyz to return 200", || async {
+        http_get(process.metrics, "/readyz").await.0 == 200
+    })
+    .await;
+}
+
+fn target(server: SocketAddr) -> Target {
+    Target::parse(&server.to_string(), Some("localhost")).unwrap()
+}
+
+async fn exchange(
+    server: SocketAddr,
+    creds: &Credentials,
+) -> Result<client::Exchange, client::Failed> {
+    client::exchange(&super::provider(), creds, &target(server)).await
+}
+
+// === Small helpers ===
+
+/// Poll `check` until it holds; the deadline only bounds a failing test.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one exact series (`name{labels}`), 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The `serial` label of an info-style family.
+fn serial_label(metrics: &str, family: &str) -> Option<String> {
+    let prefix = format!("{family}{{serial=\"");
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(&prefix)?
+            .split('"')
+            .next()
+            .map(str::to_owned)
+    })
+}
+
+fn handshakes(metrics: &str, role: &str, result: &str) -> f64 {
+    sample(
+        metrics,
+        &format!("tlsid_demo_handshakes_total{{role=\"{role}\",result=\"{result}\"}}"),
+    )
+}
+
+fn client_config_without_cert(bundle: &str) -> ClientConfig {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    ClientConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(super::PROTOCOL_VERSIONS)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// A raw exchange with an arbitrary rustls client: returns the reply or the error text.
+async fn raw_exchange(
+    server: SocketAddr,
+    config: ClientConfig,
+) -> Result<(String, String), String> {
+    let tcp = TcpStream::connect(server)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    tls.read_to_string(&mut reply)
+        .await
+        .map_err(|e| e.to_string())?;
+    let version = format!("{:?}", tls.get_ref().1.protocol_version());
+    Ok((reply, version))
+}
+
+// === The tests ===
+
+#[tokio::test]
+async fn mutual_tls_both_ways() {
+    let (logs, _guard) = Logs::capture();
+    let ca = Ca::new("cluster CA");
+    let (server_leaf, client_leaf) = (ca.issue(SERVER_ID), ca.issue(CLIENT_ID));
+    let mut dir = CertDir::new();
+    dir.publish_leaf(&server_leaf, &ca.pem);
+    let server = start_server(&dir).await;
+    wait_ready(&server).await;
+    assert_eq!(http_get(server.metrics, "/healthz").await.0, 200);
+
+    // The client sees the server's identity; the server's reply names the client's.
+    let ok = exchange(server.addr, &creds(&client_leaf, &ca.pem))
+        .await
+        .expect("mTLS exchange");
+    assert_eq!(ok.peer.identity, SERVER_ID);
+    assert_eq!(ok.peer.serial, server_leaf.serial);
+    assert_eq!(ok.version, "TLSv1.3");
+    assert_eq!(
+        ok.reply,
+        format!(
+            "hello {CLIENT_ID} from {SERVER_ID}, your serial {}",
+            client_leaf.serial
+        )
+    );
+
+    let metrics = server.metrics().await;
+    assert_eq!(handshakes(&metrics, "server", "success"), 1.0);
+    assert_eq!(
+        serial_label(&metrics, "tlsid_demo_certificate_serial_info"),
+        Some(server_leaf.serial.clone())
+    );
+    assert_eq!(
+        serial_label(&metrics, "tlsid_demo_peer_certificate_serial_info"),
+        Some(client_leaf.serial.clone())
+    );
+    assert!(
+        sample(
+            &metrics,
+            "tlsid_demo_certificate_expiration_timestamp_seconds"
+        ) > 1.7e9
+    );
+    assert!(
+        metrics.contains("tlsid_demo_credential_reloads_total 0"),
+        "{metrics}"
+    );
+    logs.assert_line(&[
+        "mTLS handshake ok",
+        "role=server",
+        "result=ok",
+        &format!("peer={CLIENT_ID}"),
+        &format!("peer_serial={}", client_leaf.serial),
+        &format!("own_serial={}", server_leaf.serial),
+        "tls_version=TLSv1.3",
+        "latency_ms=",
+    ]);
+
+    // TLS 1.2 is the floor, still mutual.
+    let client = creds(&client_leaf, &ca.pem);
+    let mut tls12 = ClientConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates({
+            let mut roots = RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
+                .unwrap();
+            roots
+        })
+        .with_client_auth_cert(
+            client.certified.cert.clone(),
+            PrivateKeyDer::from_pem_slice(client_leaf.key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    tls12.resumption = rustls::client::Resumption::disabled();
+    let (reply, version) = raw_exchange(server.addr, tls12)
+        .await
+        .expect("TLS 1.2 exchange");
+    assert!(reply.starts_with(&format!("hello {CLIENT_ID}")), "{reply}");
+    assert_eq!(version, "Some(TLSv1_2)");
+    logs.assert_line(&["mTLS handshake ok", "role=server", "tls_version=TLSv1.2"]);
+
+    // The client loop reports the server's identity the same way, and --count ends it cleanly.
+    let client_dir = dir_with(&client_leaf, &ca.pem);
+    let looping = start_client(&client_dir, server.addr, Some(2)).await;
+    tokio::time::timeout(Duration::from_secs(5), looping.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("2 good exchanges");
+    logs.assert_line(&[
+        "mTLS handshake ok",
+        "role=client",
+        &format!("peer={SERVER_ID}"),
+        &format!("peer_serial={}", server_leaf.serial),
+        &format!("own_serial={}", client_leaf.serial),
+    ]);
+    server.stop().await.unwrap();
+    assert!(
+        !logs.text().contains("PRIVATE KEY"),
+        "key material in the logs"
+    );
+}
+
+/// Keep the result alive while a process reads it: dropping it deletes the directory.
+fn dir_with(leaf: &Leaf, bundle: &str) -> CertDir {
+    let mut dir = CertDir::new();
+    dir.publish_leaf(leaf, bundle);
+    dir
+}
+
+#[tokio::test]
+async fn chains_through_an_intermediate_verify_against_the_root() {
+    let root = Ca::new("root CA");
+    let issuing = root.intermediate("issuing CA");
+    let (server_leaf, client_leaf) = (issuing.issue(SERVER_ID), issuing.issue(CLIENT_ID));
+    let server_dir = dir_with(&server_leaf, &root.pem);
+    let server = start_server(&server_dir).await;
+    wait_ready(&server).await;
+    let ok = exchange(server.addr, &creds(&client_leaf, &root.pem))
+        .await
+        .expect("mTLS via intermediate");
+    assert_eq!(ok.peer.serial, server_leaf.serial);
+    assert!(ok.reply.contains(&client_leaf.serial), "{}", ok.reply);
+
+    // Without its intermediate the client's leaf no longer chains to the root.
+    let bare = Leaf {
+        crt: client_leaf
+            .crt
+            .split_inclusive("-----END CERTIFICATE-----\n")
+            .next()
+            .unwrap()
+            .into(),
+        ..client_leaf
+    };
+    let failed = exchange(server.addr, &creds(&bare, &root.pem))
+        .await
+        .expect_err("no chain");
+    assert!(
+        failed.reason.contains("rejected by the server"),
+        "{}",
+        failed.reason
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn rotation_is_picked_up_without_failures_or_dropped_connections() {
+    let (logs, _guard) = Logs::capture();
+    let ca = Ca::new("cluster CA");
+    let (server_v1, client_v1) = (ca.issue(SERVER_ID), ca.issue(CLIENT_ID));
+    let (server_v2, client_v2) = (ca.issue(SERVER_ID), ca.issue(CLIENT_ID));
+    let mut server_dir = dir_with(&server_v1, &ca.pem);
+    let mut client_dir = dir_with(&client_v1, &ca.pem);
+    let server = start_server(&server_dir).await;
+    wait_ready(&server).await;
+    let client = start_client(&client_dir, server.addr, None).await;
+    wait_ready(&client).await;
+    eventually("a few exchanges before the rotation", || async {
+        handshakes(&client.metrics().await, "client", "success") >= 3.0
+    })
+    .await;
+
+    // A connection the server accepted before the rotation keeps the credentials it started with.
+    let in_flight = TcpStream::connect(server.addr).await.unwrap();
+    let in_flight_addr = in_flight.local_addr().unwrap().to_string();
+    eventually("the server to accept the in-flight connection", || async {
+        !logs
+            .lines_with(&["connection accepted", &in_flight_addr])
+            .is_empty()
+    })
+    .await;
+
+    server_dir.publish_leaf(&server_v2, &ca.pem);
+    client_dir.publish_leaf(&client_v2, &ca.pem);
+
+    eventually("the server to serve the new certificate", || async {
+        serial_label(
+            &server.metrics().await,
+            "tlsid_demo_certificate_serial_info",
+        )
+        .as_ref()
+            == Some(&server_v2.serial)
+    })
+    .await;
+    let config = client::client_config(
+        &super::provider(),
+        &creds(&client_v1, &ca.pem),
+        Presented::default(),
+    )
+    .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = TlsConnector::from(config)
+        .connect(name, in_flight)
+        .await
+        .expect("in-flight handshake");
+    let mut reply = String::new();
+    tls.read_to_string(&mut reply)
+        .await
+        .expect("in-flight reply");
+    let served = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(
+        CertSummary::from_der(&served).unwrap().serial,
+        server_v1.serial
+    );
+    assert!(reply.starts_with("hello "), "{reply}");
+
+    eventually(
+        "the client to present and see the new certificates",
+        || async {
+            let (client_metrics, server_metrics) = (client.metrics().await, server.metrics().await);
+            serial_label(&client_metrics, "tlsid_demo_peer_certificate_serial_info").as_ref()
+                == Some(&server_v2.serial)
+                && serial_label(&client_metrics, "tlsid_demo_certificate_serial_info").as_ref()
+                    == Some(&client_v2.serial)
+                && serial_label(&server_metrics, "tlsid_demo_peer_certificate_serial_info").as_ref()
+                    == Some(&client_v2.serial)
+        },
+    )
+    .await;
+    let before_stop = handshakes(&client.metrics().await, "client", "success");
+    eventually("more exchanges after the rotation", || async {
+        handshakes(&client.metrics().await, "client", "success") >= before_stop + 3.0
+    })
+    .await;
+
+    let (client_metrics, server_metrics) = (client.metrics().await, server.metrics().await);
+    client.stop().await.expect("client ran clean");
+    assert_eq!(
+        handshakes(&client_metrics, "client", "failure"),
+        0.0,
+        "{}",
+        logs.text()
+    );
+    assert_eq!(
+        handshakes(&server_metrics, "server", "failure"),
+        0.0,
+        "{}",
+        logs.text()
+    );
+    assert_eq!(
+        sample(&server_metrics, "tlsid_demo_credential_reloads_total"),
+        1.0
+    );
+    assert_eq!(
+        sample(&client_metrics, "tlsid_demo_credential_reloads_total"),
+        1.0
+    );
+    logs.assert_line(&[&format!(
+        "credentials reloaded: {} \u{2192} {}",
+        server_v1.serial, server_v2.serial
+    )]);
+    logs.assert_line(&[&format!(
+        "credentials reloaded: {} \u{2192} {}",
+        client_v1.serial, client_v2.serial
+    )]);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn impostors_and_anonymous_clients_are_rejected() {
+    let (logs, _guard) = Logs::capture();
+    let ca = Ca::new("cluster CA");
+    let other_ca = Ca::new("someone else's CA");
+    let server_leaf = ca.issue(SERVER_ID);
+    let server_dir = dir_with(&server_leaf, &ca.pem);
+    let server = start_server(&server_dir).await;
+    wait_ready(&server).await;
+
+    // An impostor that trusts our server but whose certificate comes from another CA.
+    let impostor = other_ca.issue(IMPOSTOR_ID);
+    let failed = exchange(server.addr, &creds(&impostor, &ca.pem))
+        .await
+        .expect_err("impostor must be rejected");
+    assert!(
+        failed.reason.contains("rejected by the server"),
+        "{}",
+        failed.reason
+    );
+    logs.assert_line(&[
+        "mTLS handshake failed",
+        "role=server",
+        "result=failed",
+        "invalid peer certificate: UnknownIssuer",
+        &format!("peer={IMPOSTOR_ID}"),
+        &format!("peer_serial={}", impostor.serial),
+    ]);
+
+    // The client loop logs it too, and --count turns it into an error exit.
+    let impostor_dir = dir_with(&impostor, &ca.pem);
+    let looping = start_client(&impostor_dir, server.addr, Some(1)).await;
+    let result = tokio::time::timeout(Duration::from_secs(5), looping.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_err(), "an impostor run must fail");
+    logs.assert_line(&[
+        "mTLS handshake failed",
+        "role=client",
+        "rejected by the server: received fatal alert",
+    ]);
+
+    // No client certificate at all.
+    let anonymous = raw_exchange(server.addr, client_config_without_cert(&ca.pem)).await;
+    assert!(anonymous.is_err(), "anonymous client got {anonymous:?}");
+    logs.assert_line(&[
+        "mTLS handshake failed",
+        "role=server",
+        "peer sent no certificates",
+    ]);
+
+    let metrics = server.metrics().await;
+    assert_eq!(handshakes(&metrics, "server", "failure"), 3.0);
+    assert_eq!(handshakes(&metrics, "server", "success"), 0.0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_client_refuses_a_server_it_cannot_verify() {
+    let (logs, _guard) = Logs::capture();
+    let ca = Ca::new("cluster CA");
+    let other_ca = Ca::new("someone else's CA");
+    let server_leaf = ca.issue(SERVER_ID);
+    let server_dir = dir_with(&server_leaf, &ca.pem);
+    let server = start_server(&server_dir).await;
+    wait_ready(&server).await;
+    let client_creds = creds(&ca.issue(CLIENT_ID), &ca.pem);
+
+    let wrong_name = Target::parse(&server.addr.to_string(), Some("other.example")).unwrap();
+    let failed = client::exchange(&super::provider(), &client_creds, &wrong_name)
+        .await
+        .unwrap_err();
+    assert!(
+        failed
+            .reason
+            .contains("not valid for name \"other.example\""),
+        "{}",
+        failed.reason
+    );
+    assert_eq!(
+        failed.presented.map(|p| p.identity).as_deref(),
+        Some(SERVER_ID)
+    );
+
+    let untrusting = creds(&ca.issue(CLIENT_ID), &other_ca.pem);
+    let failed = exchange(server.addr, &untrusting).await.unwrap_err();
+    assert!(failed.reason.contains("UnknownIssuer"), "{}", failed.reason);
+    // The server sees the client's alert.
+    eventually("the server to log the client's alert", || async {
+        !logs
+            .lines_with(&["role=server", "result=failed", "received fatal alert"])
+            .is_empty()
+    })
+    .await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_broken_rotation_keeps_the_last_good_credentials() {
+    let (logs, _guard) = Logs::capture();
+    let ca = Ca::new("cluster CA");
+    let (v1, v2, v3) = (
+        ca.issue(SERVER_ID),
+        ca.issue(SERVER_ID),
+        ca.issue(SERVER_ID),
+    );
+    let mut dir = dir_with(&v1, &ca.pem);
+    let server = start_server(&dir).await;
+    wait_ready(&server).await;
+    let client_creds = creds(&ca.issue(CLIENT_ID), &ca.pem);
+    let reload_failures = || async {
+        sample(
+            &server.metrics().await,
+            "tlsid_demo_credential_reload_failures_total",
+        )
+    };
+
+    // A new certificate with a garbage key.
+    dir.publish(&v2.crt, "-----BEGIN PRIVATE KEY-----\ngarbage\n", &ca.pem);
+    eventually("the broken set to be refused", || async {
+        reload_failures().await == 1.0
+    })
+    .await;
+    logs.assert_line(&[
+        "ignoring new credentials",
+        "tls.key: malformed PEM",
+        &format!("serial={}", v1.serial),
+    ]);
+    let ok = exchange(server.addr, &client_creds)
+        .await
+        .expect("still serving");
+    assert_eq!(ok.peer.serial, v1.serial);
+
+    // A well-formed key that belongs to another certificate.
+    dir.publish(&v2.crt, &v3.key, &ca.pem);
+    eventually("the mismatched set to be refused", || async {
+        reload_failures().await == 2.0
+    })
+    .await;
+    logs.assert_line(&[
+        "ignoring new credentials",
+        "tls.key does not belong to the certificate",
+    ]);
+    assert_eq!(
+        exchange(server.addr, &client_creds)
+            .await
+            .expect("still serving")
+            .peer
+            .serial,
+        v1.serial
+    );
+
+    // The next good set is picked up.
+    dir.publish_leaf(&v3, &ca.pem);
+    eventually("the good set to be served", || async {
+        serial_label(
+            &server.metrics().await,
+            "tlsid_demo_certificate_serial_info",
+        )
+        .as_ref()
+            == Some(&v3.serial)
+    })
+    .await;
+    assert_eq!(
+        exchange(server.addr, &client_creds)
+            .await
+            .expect("serving v3")
+            .peer
+            .serial,
+        v3.serial
+    );
+    let metrics = server.metrics().await;
+    assert_eq!(handshakes(&metrics, "server", "failure"), 0.0);
+    assert_eq!(sample(&metrics, "tlsid_demo_credential_reloads_total"), 1.0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_servers_trust_bundle_reloads_too() {
+    let (logs, _guard) = Logs::capture();
+    let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
+    let server_leaf = old_ca.issue(SERVER_ID);
+    let both = format!("{}{}", old_ca.pem, new_ca.pem);
+    let mut dir = dir_with(&server_leaf, &old_ca.pem);
+    let server = start_server(&dir).await;
+    wait_ready(&server).await;
+    let new_client = creds(&new_ca.issue(CLIENT_ID), &both);
+    exchange(server.addr, &new_client)
+        .await
+        .expect_err("not trusted yet");
+
+    // CA rotation, step one: the server trusts both roots; its own certificate is unchanged.
+    dir.publish_leaf(&server_leaf, &both);
+    eventually("the new bundle to be loaded", || async {
+        sample(
+            &server.metrics().await,
+            "tlsid_demo_credential_reloads_total",
+        ) == 1.0
+    })
+    .await;
+    logs.assert_line(&["credentials reloaded", "roots=2"]);
+    let ok = exchange(server.addr, &new_client)
+        .await
+        .expect("trusted after the bundle reload");
+    assert_eq!(ok.peer.serial, server_leaf.serial);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn waits_for_credentials_and_drains_on_shutdown() {
+    let (logs, _guard) = Logs::capture();
+    let ca = Ca::new("cluster CA");
+    let mut dir = CertDir::new();
+    let server = start_server(&dir).await;
+    eventually("the server to report missing credentials", || async {
+        !logs
+            .lines_with(&["waiting for valid credentials"])
+            .is_empty()
+    })
+    .await;
+    let (status, body) = http_get(server.metrics, "/readyz").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "not ready: no valid credentials loaded yet\n")
+    );
+
+    dir.publish_leaf(&ca.issue(SERVER_ID), &ca.pem);
+    wait_ready(&server).await;
+
+    // Shutdown stops accepting but lets an accepted connection finish.
+    let in_flight = TcpStream::connect(server.addr).await.unwrap();
+    let in_flight_addr = in_flight.local_addr().unwrap().to_string();
+    eventually("the server to accept the connection", || async {
+        !logs
+            .lines_with(&["connection accepted", &in_flight_addr])
+            .is_empty()
+    })
+    .await;
+    let (addr, Running { stop, task, .. }) = (server.addr, server);
+    let _ = stop.unwrap().send(());
+    eventually("new connections to be refused", || async {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    let config = client::client_config(
+        &super::provider(),
+        &creds(&ca.issue(CLIENT_ID), &ca.pem),
+        Presented::default(),
+    )
+    .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = TlsConnector::from(config)
+        .connect(name, in_flight)
+        .await
+        .expect("in-flight handshake");
+    let mut reply = String::new();
+    tls.read_to_string(&mut reply)
+        .await
+        .expect("in-flight reply");
+    assert!(reply.starts_with(&format!("hello {CLIENT_ID}")), "{reply}");
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    logs.assert_line(&["shutting down", "in_flight=1"]);
+}

@@ -59,7 +59,8 @@ impl ClientCertVerifier for ObservingClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
         self.presented.record(end_entity);
-        self.inner.verify_client_cert(end_entity, intermediates, now)
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(

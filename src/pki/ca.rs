@@ -73,7 +73,9 @@ impl Authority {
         dn.push(DnType::OrganizationName, "tlsid");
         dn.push(DnType::CommonName, format!("tlsid cluster CA {}", now.as_second()));
         params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        // No path length limit: OpenSSL and Go enforce a root's pathLen, and a user may later put an
+        // intermediate under this root.
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,

@@ -30,6 +30,26 @@ impl std::fmt::Debug for IssuedCertificate {
     }
 }
 
+/// The key as PKCS#8 PEM. Ed25519 is written as PKCS#8 v1 (RFC 8410 without the optional public
+/// key): aws-lc emits v2 (`OneAsymmetricKey` with the public key), which OpenSSL 3.0 (Python's
+/// `ssl`, curl, `openssl s_client`) refuses to load.
+fn private_key_pem(key: &KeyPair, spec: KeySpec) -> String {
+    const ED25519_V1_PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ];
+    let der = key.serialize_der();
+    if spec == KeySpec::Ed25519 {
+        // v2 layout: SEQUENCE { INTEGER 1, AlgorithmIdentifier, OCTET STRING { OCTET STRING seed }, [1] pub }
+        // with the same 16-byte header as v1 up to the 32-byte seed.
+        if let Some(seed) = der.get(16..48) {
+            let mut v1 = ED25519_V1_PREFIX.to_vec();
+            v1.extend_from_slice(seed);
+            return pem::encode(&pem::Pem::new("PRIVATE KEY", v1));
+        }
+    }
+    key.serialize_pem()
+}
+
 /// Generate a key for `spec`. RSA generation takes up to seconds: call from a blocking thread.
 pub fn generate_key(spec: KeySpec) -> Result<KeyPair, PkiError> {
     let result = match spec {
@@ -106,7 +126,7 @@ pub fn issue(req: &IssuanceRequest, ca: &Authority, now: jiff::Timestamp) -> Res
     chain_pem.push_str(&certs_to_pem(ca.chain_for_leaf()));
     Ok(IssuedCertificate {
         chain_pem,
-        key_pem: key.serialize_pem(),
+        key_pem: private_key_pem(&key, req.key),
         leaf_der,
         serial_hex,
         not_before,

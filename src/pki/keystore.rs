@@ -15,7 +15,9 @@
 //! clear (`tls.key`): it exists because Java's `KeyStore` API wants one.
 
 use super::{fingerprint, parse_pem_certs, pem_blocks};
-use p12_keystore::{Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKey, PrivateKeyChain};
+use p12_keystore::{
+    Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKey, PrivateKeyChain,
+};
 use x509_parser::prelude::*;
 
 /// Alias of the private-key entry in `keystore.p12` (the same as cert-manager's).
@@ -45,9 +47,21 @@ impl Pkcs12Profile {
     fn params(self) -> (EncryptionAlgorithm, MacAlgorithm, u32) {
         match self {
             // The crate's variant name says RC4 but it encodes pbeWithSHAAnd40BitRC2-CBC (1.2.840.113549.1.12.1.6).
-            Pkcs12Profile::LegacyRC2 => (EncryptionAlgorithm::PbeWithShaAnd40BitRc4Cbc, MacAlgorithm::HmacSha1, 2048),
-            Pkcs12Profile::LegacyDES => (EncryptionAlgorithm::PbeWithShaAnd3KeyTripleDesCbc, MacAlgorithm::HmacSha1, 2048),
-            Pkcs12Profile::Modern2023 => (EncryptionAlgorithm::PbeWithHmacSha256AndAes256, MacAlgorithm::HmacSha256, 10_000),
+            Pkcs12Profile::LegacyRC2 => (
+                EncryptionAlgorithm::PbeWithShaAnd40BitRc4Cbc,
+                MacAlgorithm::HmacSha1,
+                2048,
+            ),
+            Pkcs12Profile::LegacyDES => (
+                EncryptionAlgorithm::PbeWithShaAnd3KeyTripleDesCbc,
+                MacAlgorithm::HmacSha1,
+                2048,
+            ),
+            Pkcs12Profile::Modern2023 => (
+                EncryptionAlgorithm::PbeWithHmacSha256AndAes256,
+                MacAlgorithm::HmacSha256,
+                10_000,
+            ),
         }
     }
 }
@@ -129,7 +143,12 @@ pub fn pkcs12(
     let (algorithm, mac, iterations) = profile.params();
     let encode = |e: p12_keystore::error::Error| KeystoreError::Encode(e.to_string());
     let to_cert = |key: &'static str| {
-        move |der: &Vec<u8>| Certificate::from_der(der).map_err(|e| KeystoreError::Input { key, reason: e.to_string() })
+        move |der: &Vec<u8>| {
+            Certificate::from_der(der).map_err(|e| KeystoreError::Input {
+                key,
+                reason: e.to_string(),
+            })
+        }
     };
     let write = |store: &KeyStore| {
         store
@@ -142,7 +161,10 @@ pub fn pkcs12(
             .map_err(encode)
     };
 
-    let certs = full_chain.iter().map(to_cert("tls.crt")).collect::<Result<Vec<_>, _>>()?;
+    let certs = full_chain
+        .iter()
+        .map(to_cert("tls.crt"))
+        .collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKey::from_der(&key_der).map_err(|e| input("tls.key")(e.to_string()))?;
     // localKeyId links the key bag to the leaf's certificate bag; any stable bytes do.
     let local_key_id = hex::decode(fingerprint(&chain[0])).expect("fingerprint is hex");
@@ -162,7 +184,10 @@ pub fn pkcs12(
         truststore.add_entry(&alias, KeyStoreEntry::Certificate(to_cert("ca.crt")(root)?));
     }
 
-    Ok(Keystores { keystore_p12: write(&keystore)?, truststore_p12: write(&truststore)? })
+    Ok(Keystores {
+        keystore_p12: write(&keystore)?,
+        truststore_p12: write(&truststore)?,
+    })
 }
 
 /// The DER of the single `PRIVATE KEY` (PKCS#8) block of `tls.key`.
@@ -225,12 +250,22 @@ mod tests {
         let root = Authority::generate_root(now()).unwrap();
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, "tlsid test intermediate");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "tlsid test intermediate");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
         let cert = params.signed_by(&key, &root.issuer().unwrap()).unwrap();
-        Authority::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes(), Some(root.bundle_pem().as_bytes()), now())
-            .unwrap()
+        Authority::from_pem(
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+            Some(root.bundle_pem().as_bytes()),
+            now(),
+        )
+        .unwrap()
     }
 
     fn read(p12: &[u8], password: &str) -> KeyStore {
@@ -241,9 +276,18 @@ mod tests {
     fn every_key_type_and_profile_round_trips() {
         let ca = Authority::generate_root(now()).unwrap();
         let root_der = ca.roots()[0].clone();
-        for spec in [KeySpec::EcdsaP256, KeySpec::EcdsaP384, KeySpec::Ed25519, KeySpec::Rsa(2048)] {
+        for spec in [
+            KeySpec::EcdsaP256,
+            KeySpec::EcdsaP384,
+            KeySpec::Ed25519,
+            KeySpec::Rsa(2048),
+        ] {
             let leaf = issue(&request(spec), &ca, now()).unwrap();
-            for profile in [Pkcs12Profile::LegacyRC2, Pkcs12Profile::LegacyDES, Pkcs12Profile::Modern2023] {
+            for profile in [
+                Pkcs12Profile::LegacyRC2,
+                Pkcs12Profile::LegacyDES,
+                Pkcs12Profile::Modern2023,
+            ] {
                 let stores = pkcs12(&leaf.chain_pem, &leaf.key_pem, &ca.bundle_pem(), "s3cret", profile)
                     .unwrap_or_else(|e| panic!("{spec} {profile:?}: {e}"));
                 let ks = read(&stores.keystore_p12, "s3cret");
@@ -251,7 +295,11 @@ mod tests {
                 let (alias, chain) = ks.private_key_chain().unwrap();
                 assert_eq!(alias, KEYSTORE_ALIAS);
                 let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.as_der()).collect();
-                assert_eq!(ders, vec![leaf.leaf_der.as_slice(), root_der.as_slice()], "{spec} {profile:?}");
+                assert_eq!(
+                    ders,
+                    vec![leaf.leaf_der.as_slice(), root_der.as_slice()],
+                    "{spec} {profile:?}"
+                );
                 assert_eq!(chain.key().as_der(), pkcs8_der(&leaf.key_pem).unwrap().as_slice());
 
                 let ts = read(&stores.truststore_p12, "s3cret");
@@ -278,7 +326,10 @@ mod tests {
         let (_, chain) = ks.private_key_chain().unwrap();
         let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.as_der()).collect();
         // Leaf, intermediate, and only the root that issued the intermediate.
-        assert_eq!(ders, vec![leaf.leaf_der.as_slice(), ca.signer_der(), ca.roots()[0].as_slice()]);
+        assert_eq!(
+            ders,
+            vec![leaf.leaf_der.as_slice(), ca.signer_der(), ca.roots()[0].as_slice()]
+        );
 
         let ts = read(&stores.truststore_p12, "pw");
         let mut trusted: Vec<(String, Vec<u8>)> = ts
@@ -303,11 +354,22 @@ mod tests {
         let a = issue(&request(KeySpec::EcdsaP256), &ca, now()).unwrap();
         let b = issue(&request(KeySpec::EcdsaP256), &ca, now()).unwrap();
         let bundle = ca.bundle_pem();
-        let p = |chain: &str, key: &str, bundle: &str| pkcs12(chain, key, bundle, "pw", Pkcs12Profile::Modern2023).unwrap_err();
+        let p = |chain: &str, key: &str, bundle: &str| {
+            pkcs12(chain, key, bundle, "pw", Pkcs12Profile::Modern2023).unwrap_err()
+        };
         assert_eq!(p(&a.chain_pem, &b.key_pem, &bundle), KeystoreError::KeyMismatch);
-        assert!(matches!(p("", &a.key_pem, &bundle), KeystoreError::Input { key: "tls.crt", .. }));
-        assert!(matches!(p(&a.chain_pem, &a.key_pem, ""), KeystoreError::Input { key: "ca.crt", .. }));
-        assert!(matches!(p(&a.chain_pem, "", &bundle), KeystoreError::Input { key: "tls.key", .. }));
+        assert!(matches!(
+            p("", &a.key_pem, &bundle),
+            KeystoreError::Input { key: "tls.crt", .. }
+        ));
+        assert!(matches!(
+            p(&a.chain_pem, &a.key_pem, ""),
+            KeystoreError::Input { key: "ca.crt", .. }
+        ));
+        assert!(matches!(
+            p(&a.chain_pem, "", &bundle),
+            KeystoreError::Input { key: "tls.key", .. }
+        ));
         let sec1 = a.key_pem.replace("PRIVATE KEY", "EC PRIVATE KEY");
         let err = p(&a.chain_pem, &sec1, &bundle);
         assert!(err.to_string().contains("PKCS#8"), "{err}");
@@ -315,8 +377,19 @@ mod tests {
         // The chain may carry the root itself; it is not repeated.
         let with_root = format!("{}{}", a.chain_pem, certs_to_pem(ca.roots()));
         let stores = pkcs12(&with_root, &a.key_pem, &bundle, "pw", Pkcs12Profile::Modern2023).unwrap();
-        assert_eq!(read(&stores.keystore_p12, "pw").private_key_chain().unwrap().1.certs().len(), 2);
-        assert_eq!("Modern2023".parse::<Pkcs12Profile>().unwrap(), Pkcs12Profile::Modern2023);
+        assert_eq!(
+            read(&stores.keystore_p12, "pw")
+                .private_key_chain()
+                .unwrap()
+                .1
+                .certs()
+                .len(),
+            2
+        );
+        assert_eq!(
+            "Modern2023".parse::<Pkcs12Profile>().unwrap(),
+            Pkcs12Profile::Modern2023
+        );
         assert!("modern".parse::<Pkcs12Profile>().is_err());
     }
 }

@@ -298,6 +298,10 @@ mod tests {
             let req = IssuanceRequest::from_spec(&s).unwrap();
             let cert = issue(&req, &ca, now()).unwrap();
             assert!(cert.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{alg:?}: PKCS#8");
+            if alg == KeyAlgorithm::Ed25519 {
+                let der = pem::parse(&cert.key_pem).unwrap().into_contents();
+                assert_eq!((der.len(), der[4]), (48, 0), "Ed25519 keys are PKCS#8 v1, which OpenSSL 3.0 reads");
+            }
             let data = SecretData { tls_crt: Some(cert.chain_pem.as_bytes()), tls_key: Some(cert.key_pem.as_bytes()), ca_crt: None };
             let info = inspect(&data, &ca).unwrap();
             assert_eq!(info.key, Some(req.key), "{alg:?}");

@@ -2,6 +2,7 @@
 //! the controller applies what these return.
 
 pub mod demo;
+pub mod keystore;
 pub mod secret;
 
 pub use secret::{SecretContent, desired_secret, secret_data, secret_needs_update, controlled_by};

@@ -23,6 +23,8 @@ pub struct SecretContent {
     pub ca_crt: Vec<u8>,
     /// Further keys (e.g. `keystore.p12`, `truststore.p12`).
     pub extra: BTreeMap<String, Vec<u8>>,
+    /// Annotations describing the extra keys (e.g. the PKCS#12 profile).
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for SecretContent {
@@ -39,6 +41,7 @@ pub fn desired_secret(identity: &TlsIdentity, content: &SecretContent, serial_he
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
     labels.insert(IDENTITY_LABEL.into(), identity.metadata.name.clone().unwrap_or_default());
     let mut annotations = template.annotations;
+    annotations.extend(content.annotations.clone());
     annotations.insert(SERIAL_ANNOTATION.into(), serial_hex.into());
 
     let mut data = BTreeMap::from([
@@ -125,7 +128,7 @@ mod tests {
     }
 
     fn content() -> SecretContent {
-        SecretContent { tls_crt: b"crt".to_vec(), tls_key: b"key".to_vec(), ca_crt: b"ca".to_vec(), extra: BTreeMap::new() }
+        SecretContent { tls_crt: b"crt".to_vec(), tls_key: b"key".to_vec(), ca_crt: b"ca".to_vec(), ..Default::default() }
     }
 
     #[test]

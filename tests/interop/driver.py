@@ -1,0 +1,796 @@
+#!/usr/bin/env python3
+"""The tlsid interop matrix: real clients and servers of each TLS stack against each other, with
+mutual TLS, over a directory of issued identities. Stdlib only. See docs/interop.md.
+
+    python3 tests/interop/driver.py --identities DIR [--identities DIR2 ...] [--out matrix.md]
+
+DIR holds one subdirectory per identity, with the Secret's files exactly as a pod mounts them
+(tls.crt, tls.key, ca.crt, keystore.p12, truststore.p12, the PKCS#12 password file) and a meta.json:
+    {"name": "ecdsa-p256", "key_type": "ecdsa-p256", "role": "matrix", "chain": "root",
+     "dns_names": ["localhost"], "ip_addresses": ["127.0.0.1"], "usages": ["server", "client"],
+     "password_file": "keystore-password"}
+role is one of matrix, wrong-san, expired, untrusted, server-only, client-only. Matrix identities
+must carry the DNS SAN given by --server-name (default localhost). Exit status 1 when an expected pass
+fails or a negative case is not rejected for the expected reason; 2 on set-up errors.
+"""
+import argparse
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+VERSIONS = ["1.3", "1.2"]
+SERVER_STACKS = ["rustls", "python", "go", "java"]
+CLIENT_STACKS = ["rustls", "python", "go", "java", "curl", "openssl"]
+STACK_TITLE = {
+    "rustls": "rustls",
+    "python": "Python ssl",
+    "go": "Go crypto/tls",
+    "java": "Java JSSE",
+    "curl": "curl",
+    "openssl": "openssl s_client",
+}
+KEY_ORDER = ["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519"]
+
+# Negative cases. "client" cases are judged by the client (it verifies the server's certificate);
+# "server" cases by the server (it verifies the client's). reason: what the verifier's error must say.
+NEGATIVES = [
+    ("wrong-san", "client", "server's certificate lacks the name the client asked for",
+     r"host ?name|subject alternative|not valid for|is valid for|doesn't match|does not match|NotValidForName|no alternative certificate subject name"),
+    ("expired", "client", "server's certificate has expired",
+     r"expired|NotAfter|validity check failed"),
+    ("untrusted", "client", "server's certificate is from a CA the client does not trust",
+     r"unknown ?(authority|issuer|ca)|UnknownIssuer|local issuer|unable to find valid certification path|PKIX path building failed|unable to verify the first certificate"),
+    ("client-only", "client", "server presents a client-only (EKU clientAuth) certificate",
+     r"purpose|extended key usage|ExtendedKeyUsage|incompatible key usage|InvalidPurpose|not permit"),
+    ("no-client-cert", "server", "client presents no certificate",
+     r"didn't provide a certificate|did not return a certificate|empty (client |server )?certificate chain|NoCertificatesPresented|no certificates|certificate required|CertificateRequired"),
+    ("expired", "server", "client's certificate has expired",
+     r"expired|NotAfter|validity check failed"),
+    ("untrusted", "server", "client's certificate is from a CA the server does not trust",
+     r"unknown ?(authority|issuer|ca)|UnknownIssuer|local issuer|unable to find valid certification path|PKIX path building failed|unable to verify the first certificate|unknownca|UNKNOWN_CA"),
+    ("server-only", "server", "client presents a server-only (EKU serverAuth) certificate",
+     r"purpose|extended key usage|ExtendedKeyUsage|incompatible key usage|InvalidPurpose|not permit"),
+]
+# The peer presenting the bad certificate in negative cases, by who judges; the stack under test is the
+# verifier. Client certificates are presented by the Python (OpenSSL) client because OpenSSL always sends
+# the configured certificate, whereas Go's client withholds one not issued by a CA the server lists in
+# its CertificateRequest (so an untrusted Go client arrives with no certificate at all).
+NEGATIVE_PRESENTER = {"client": "go", "server": "python"}
+
+# Cells a stack cannot run, with the reason; they are shown as n/a, never hidden. Each entry:
+# (client stack or None, server stack or None, key type or None, TLS version or None, reason).
+# Filled from evidence (a failing run), never to make a failure go away that is tlsid's to fix.
+KNOWN_UNSUPPORTED = []
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def die(msg):
+    """A set-up error (not a test failure): exit status 2."""
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def one_line(text, limit=300):
+    text = re.sub(r"\s+", " ", text or "").strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, deadline):
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+# === identities ===
+
+@dataclass
+class Identity:
+    name: str
+    dir: str
+    key_type: str
+    role: str
+    chain: str
+    password_file: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def label(self):
+        return self.key_type + (" via intermediate" if self.chain == "intermediate" else "")
+
+
+def load_identities(dirs):
+    ids = []
+    for top in dirs:
+        if not os.path.isdir(top):
+            die(f"--identities {top}: not a directory")
+        for name in sorted(os.listdir(top)):
+            d = os.path.join(top, name)
+            meta_path = os.path.join(d, "meta.json")
+            if not os.path.isfile(meta_path):
+                continue
+            with open(meta_path) as f:
+                meta = json.load(f)
+            missing = [f for f in ("tls.crt", "tls.key", "ca.crt", "keystore.p12", "truststore.p12")
+                       if not os.path.isfile(os.path.join(d, f))]
+            if missing:
+                die(f"identity {d}: missing {', '.join(missing)}")
+            with open(os.path.join(d, "tls.crt")) as f:
+                n_certs = f.read().count("BEGIN CERTIFICATE")
+            ids.append(Identity(
+                name=meta.get("name", name), dir=os.path.abspath(d), key_type=meta["key_type"],
+                role=meta.get("role", "matrix"),
+                chain=meta.get("chain", "intermediate" if n_certs > 1 else "root"),
+                password_file=os.path.join(os.path.abspath(d), meta.get("password_file", "keystore-password")),
+                meta=meta))
+    return ids
+
+
+# === processes ===
+
+class Server:
+    """A server process with one or more listeners; its CONN lines are queued per listener."""
+
+    def __init__(self, stack, argv, env=None, names=(), fixed_ports=None, raw_log=False, unnamed=None):
+        self.stack = stack
+        self.unnamed = unnamed  # single-listener peers (the rustls stand-in) print lines without a name
+        self.ports = dict(fixed_ports or {})
+        self.events = {n: queue.Queue() for n in names}
+        self.raw_log = raw_log  # unstructured output (the real tlsid demo): all lines go to every listener
+        self.lines = queue.Queue()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+        self.loadfail = {}  # listener -> why the server could not load its identity
+        self.listening = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            line = re.sub(r"^test \S+ \.\.\. ", "", line.rstrip("\n"))  # libtest's line (stand-in)
+            if self.unnamed and re.match(r"(LISTEN|CONN) ", line):
+                line = line.replace(" ", f" {self.unnamed} ", 1)
+            m = re.match(r"LISTEN (\S+) (\d+)$", line)
+            if m:
+                self.ports[m.group(1)] = int(m.group(2))
+                if len(self.ports) + len(self.loadfail) >= len(self.events):
+                    self.listening.set()
+                continue
+            m = re.match(r"LOADFAIL (\S+) (.*)$", line)
+            if m:
+                self.loadfail[m.group(1)] = m.group(2)
+                if len(self.ports) + len(self.loadfail) >= len(self.events):
+                    self.listening.set()
+                continue
+            m = re.match(r"CONN (\S+) (ok|fail) ?(.*)$", line)
+            if m and m.group(1) in self.events and not self.raw_log:
+                self.events[m.group(1)].put((m.group(2) == "ok", m.group(3)))
+                continue
+            if self.raw_log:
+                for q in self.events.values():
+                    q.put((None, line))
+            self.lines.put(line)
+        # The process ended: listeners that never came up failed to load (e.g. the stand-in panicked).
+        tail = []
+        while not self.lines.empty():
+            tail.append(self.lines.get())
+        for n in self.events:
+            if n not in self.ports and n not in self.loadfail:
+                self.loadfail[n] = "server exited: " + one_line(" | ".join(tail[-8:]), 400)
+        self.listening.set()
+
+    def wait_ready(self, timeout=60):
+        if not self.listening.wait(timeout):
+            out = []
+            while not self.lines.empty():
+                out.append(self.lines.get())
+            raise RuntimeError(f"{self.stack} server did not start: {' | '.join(out[-20:])}")
+
+    def drain(self, name):
+        q = self.events[name]
+        while not q.empty():
+            q.get()
+
+    def event(self, name, timeout=3.0):
+        """The server's verdict on the latest connection: (ok, text); ok is None for raw logs."""
+        q = self.events[name]
+        if self.raw_log:
+            time.sleep(0.3)
+            texts = []
+            while not q.empty():
+                texts.append(q.get()[1])
+            return None, " | ".join(texts)
+        try:
+            return q.get(timeout=timeout)
+        except queue.Empty:
+            return None, "(no event from the server)"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class Agent:
+    """A long-lived client process answering one case per stdin line (Go, Python, Java)."""
+
+    def __init__(self, argv, env=None):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, bufsize=1)
+        self.out = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.n = 0
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if line.startswith("RESULT\t"):
+                self.out.put(line.rstrip("\n").split("\t", 4))
+
+    def run(self, port, server_name, ident, version, nocert, proto, timeout=30):
+        self.n += 1
+        case_id = str(self.n)
+        self.proc.stdin.write("\t".join([case_id, str(port), server_name, ident.dir, version,
+                                         "1" if nocert else "0", ident.password_file, proto]) + "\n")
+        self.proc.stdin.flush()
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                r = self.out.get(timeout=max(0.1, deadline - time.time()))
+            except queue.Empty:
+                break
+            if r[1] == case_id:
+                return r[2] == "ok", norm_version(r[3]), r[4] if len(r) > 4 else ""
+        return False, None, "timed out waiting for the client"
+
+    def stop(self):
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(5)
+        except Exception:
+            self.proc.kill()
+
+
+# === stacks ===
+
+def norm_version(v):
+    if not v:
+        return None
+    v = v.replace("_", ".").replace("TLSv", "").replace("TLS ", "").replace("TLS", "").strip()
+    return v if v in ("1.2", "1.3") else None
+
+
+class Stacks:
+    def __init__(self, args):
+        self.args = args
+        self.work = os.path.abspath(args.work)
+        os.makedirs(self.work, exist_ok=True)
+        self.versions = {}
+        self.unavailable = {}  # stack -> reason
+        self.rustls_mode = None
+        self.go_bin = self.java_cp = self.testbin = self.tlsid_bin = None
+
+    def setup(self, stacks):
+        self._setup_go()
+        self._setup_java()
+        if "rustls" in stacks:
+            self._setup_rustls()
+        else:
+            self.unavailable["rustls"] = "not selected (--stacks)"
+        self.versions["python"] = f"Python {sys.version.split()[0]}, {__import__('ssl').OPENSSL_VERSION}"
+        for tool, argv in (("curl", ["curl", "--version"]), ("openssl", ["openssl", "version"])):
+            if shutil.which(tool):
+                first = subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()[0]
+                self.versions[tool] = " ".join(first.split()[:2])
+            else:
+                self.unavailable[tool] = f"{tool} not installed"
+
+    def _hash(self, *paths):
+        h = hashlib.sha256()
+        for p in paths:
+            with open(p, "rb") as f:
+                h.update(f.read())
+        return h.hexdigest()[:12]
+
+    def _setup_go(self):
+        if not shutil.which("go"):
+            self.unavailable["go"] = "go not installed"
+            return
+        src = os.path.join(HERE, "go")
+        out = os.path.join(self.work, f"go-interop-{self._hash(os.path.join(src, 'main.go'), os.path.join(src, 'go.mod'))}")
+        if not os.path.exists(out):
+            log("building the Go peer (go build)…")
+            env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="")
+            subprocess.run(["go", "build", "-o", out, "."], cwd=src, env=env, check=True)
+        self.go_bin = out
+        self.versions["go"] = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip()
+
+    def _setup_java(self):
+        if not (shutil.which("javac") and shutil.which("java")):
+            self.unavailable["java"] = "javac/java not installed"
+            return
+        src = os.path.join(HERE, "java", "Interop.java")
+        out = os.path.join(self.work, f"java-{self._hash(src)}")
+        if not os.path.exists(os.path.join(out, "Interop.class")):
+            log("compiling the Java peer (javac)…")
+            os.makedirs(out, exist_ok=True)
+            subprocess.run(["javac", "-d", out, src], check=True)
+        self.java_cp = out
+        v = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()
+        self.versions["java"] = v[0] if v else "java"
+
+    def _setup_rustls(self):
+        mode = self.args.rustls
+        bin_ = os.environ.get("TLSID_BIN") or os.path.join(REPO, "target", "debug", "tlsid")
+        demo_ok = os.path.exists(bin_) and subprocess.run(
+            [bin_, "demo", "server", "--help"], capture_output=True).returncode == 0
+        if mode in ("auto", "demo") and demo_ok:
+            self.rustls_mode, self.tlsid_bin = "demo", bin_
+            self.versions["rustls"] = f"tlsid demo ({bin_})"
+            return
+        if mode == "demo":
+            self.unavailable["rustls"] = f"{bin_} has no 'demo' subcommand"
+            return
+        testbin = os.environ.get("TLSID_INTEROP_TESTBIN")
+        if not testbin and shutil.which("cargo"):
+            log("building the rustls stand-in (cargo test --test interop --no-run)…")
+            r = subprocess.run(["cargo", "test", "--test", "interop", "--no-run", "--message-format=json"],
+                               cwd=REPO, capture_output=True, text=True)
+            for line in r.stdout.splitlines():
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == "interop" \
+                        and msg.get("executable"):
+                    testbin = msg["executable"]
+        if testbin:
+            self.rustls_mode, self.testbin = "standin", testbin
+            self.versions["rustls"] = "rustls 0.23 stand-in (tests/interop/rustls_peer.rs; `tlsid demo` not built)"
+        else:
+            self.unavailable["rustls"] = "neither `tlsid demo` nor the stand-in test binary is available"
+
+    # --- servers ---
+
+    def start_servers(self, stack, listeners):
+        """listeners: [(name, Identity, version)] → list of Server."""
+        if stack in self.unavailable:
+            return []
+        if stack == "go":
+            argv = [self.go_bin, "server"] + [f"{n}|{i.dir}|{v}" for n, i, v in listeners]
+            return [Server(stack, argv, names=[n for n, _, _ in listeners])]
+        if stack == "python":
+            argv = [sys.executable, os.path.join(HERE, "python", "peer.py"), "server"] + \
+                   [f"{n}|{i.dir}|{v}" for n, i, v in listeners]
+            return [Server(stack, argv, names=[n for n, _, _ in listeners])]
+        if stack == "java":
+            argv = ["java", "-Djava.net.preferIPv4Stack=true", "-cp", self.java_cp, "Interop", "server"] + \
+                   [f"{n}|{i.dir}|{v}|{i.password_file}" for n, i, v in listeners]
+            return [Server(stack, argv, names=[n for n, _, _ in listeners])]
+        if stack == "rustls":
+            servers = []
+            for n, i, v in listeners:
+                if self.rustls_mode == "demo":
+                    port = free_port()
+                    argv = [self.tlsid_bin, "demo", "server", "--cert-dir", i.dir, "--listen", f"127.0.0.1:{port}",
+                            "--metrics-listen", f"127.0.0.1:{free_port()}"]
+                    s = Server(stack, argv, names=[n], fixed_ports={n: port}, raw_log=True)
+                    if wait_port(port, time.time() + 20):
+                        s.listening.set()
+                else:
+                    env = dict(os.environ, TLSID_INTEROP_RUSTLS=json.dumps(
+                        ["server", "--cert-dir", i.dir, "--listen", "127.0.0.1:0", "--tls", v]))
+                    argv = [self.testbin, "rustls_peer", "--exact", "--nocapture", "--test-threads", "1"]
+                    s = Server(stack, argv, env=env, names=[n], unnamed=n)
+                servers.append(s)
+            return servers
+        raise ValueError(stack)
+
+    # --- clients ---
+
+    def start_agents(self):
+        agents = {}
+        if "go" not in self.unavailable:
+            agents["go"] = Agent([self.go_bin, "client"])
+        if "python" not in self.unavailable:
+            agents["python"] = Agent([sys.executable, os.path.join(HERE, "python", "peer.py"), "client"])
+        if "java" not in self.unavailable:
+            agents["java"] = Agent(["java", "-Djava.net.preferIPv4Stack=true", "-Dhttp.keepAlive=false",
+                                    "-cp", self.java_cp, "Interop", "client"])
+        return agents
+
+    def client(self, stack, agents, port, server_name, ident, version, nocert, proto):
+        """Run one client attempt: (ok, negotiated version or None, detail)."""
+        if stack in agents:
+            return agents[stack].run(port, server_name, ident, version, nocert, proto)
+        if stack == "curl":
+            pin = {"1.3": ["--tlsv1.3", "--tls-max", "1.3"], "1.2": ["--tlsv1.2", "--tls-max", "1.2"]}[version]
+            argv = ["curl", "-sS", "-v", "--max-time", "10", "--cacert", os.path.join(ident.dir, "ca.crt"),
+                    "--resolve", f"{server_name}:{port}:127.0.0.1", *pin]
+            if not nocert:
+                argv += ["--cert", os.path.join(ident.dir, "tls.crt"), "--key", os.path.join(ident.dir, "tls.key")]
+            argv.append(f"https://{server_name}:{port}/")
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+            m = re.search(r"SSL connection using (TLSv1\.[23])", r.stderr)
+            ver = norm_version(m.group(1)) if m else None
+            if r.returncode == 0 and r.stdout.startswith("hello"):
+                return True, ver, r.stdout.strip()
+            errs = [l for l in r.stderr.splitlines() if l.startswith("curl:") or "alert" in l.lower()]
+            return False, ver, " ".join(errs) or one_line(r.stderr[-300:])
+        if stack == "openssl":
+            pin = {"1.3": "-tls1_3", "1.2": "-tls1_2"}[version]
+            argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", server_name,
+                    "-verify_hostname", server_name, "-verify_return_error", "-brief", "-ign_eof",
+                    "-CAfile", os.path.join(ident.dir, "ca.crt"), pin]
+            if not nocert:
+                argv += ["-cert", os.path.join(ident.dir, "tls.crt"), "-cert_chain", os.path.join(ident.dir, "tls.crt"),
+                         "-key", os.path.join(ident.dir, "tls.key")]
+            request = "" if proto == "raw" else f"GET / HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n"
+            r = subprocess.run(argv, input=request, capture_output=True, text=True, timeout=20)
+            m = re.search(r"Protocol version: (TLSv1\.[23])", r.stderr)
+            ver = norm_version(m.group(1)) if m else None
+            if "hello " in r.stdout:
+                return True, ver, one_line(r.stdout.strip().splitlines()[-1])
+            errs = [l for l in r.stderr.splitlines() if re.search(r"error|verify|alert", l, re.I)]
+            return False, ver, one_line(" ".join(errs) or r.stderr[-300:] or f"exit {r.returncode}")
+        if stack == "rustls":
+            if self.rustls_mode == "demo":
+                argv = [self.tlsid_bin, "demo", "client", "--cert-dir", ident.dir, "--connect", f"127.0.0.1:{port}",
+                        "--server-name", server_name, "--count", "1", "--metrics-listen", f"127.0.0.1:{free_port()}"]
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+                out = one_line(r.stdout + " " + r.stderr, 600)
+                m = re.search(r"tls_version\W+(TLSv?1[._]?[23])", out)
+                return r.returncode == 0, norm_version(m.group(1)) if m else None, out
+            env = dict(os.environ, TLSID_INTEROP_RUSTLS=json.dumps(
+                ["client", "--cert-dir", ident.dir, "--connect", f"127.0.0.1:{port}", "--server-name", server_name,
+                 "--count", "1", "--tls", version]))
+            r = subprocess.run([self.testbin, "rustls_peer", "--exact", "--nocapture", "--test-threads", "1"],
+                               capture_output=True, text=True, env=env, timeout=30)
+            m = re.search(r"RESULT (ok|fail) (.*)$", r.stdout, re.M)  # after libtest's "test … ..."
+            if not m:
+                return False, None, one_line(r.stdout[-300:] + r.stderr[-300:])
+            detail = m.group(2)
+            vm = re.search(r"(TLSv1_[23])", detail)
+            return m.group(1) == "ok", norm_version(vm.group(1)) if vm else None, detail
+        raise ValueError(stack)
+
+    def client_unsupported(self, client, server, nocert):
+        """Why this client cannot run against this server at all, or None."""
+        if client in self.unavailable:
+            return self.unavailable[client]
+        if server in self.unavailable:
+            return self.unavailable[server]
+        if nocert and client == "rustls":
+            return "the rustls client always presents its certificate"
+        if server == "rustls" and self.rustls_mode == "demo" and client == "curl":
+            return "the tlsid demo server sends a greeting line, not HTTP"
+        return None
+
+
+# === the matrix ===
+
+@dataclass
+class Cell:
+    client: str
+    server: str
+    ident: str
+    version: str
+    status: str  # pass | FAIL | n/a
+    detail: str = ""
+
+
+@dataclass
+class Negative:
+    case: str
+    judge: str  # client | server
+    description: str
+    stack: str
+    version: str
+    status: str  # rejected | NOT REJECTED | WRONG REASON | n/a
+    verifier_error: str = ""
+    peer_error: str = ""
+
+
+def known_unsupported(client, server, key_type, version):
+    for c, s, k, v, reason in KNOWN_UNSUPPORTED:
+        if (c in (None, client)) and (s in (None, server)) and (k in (None, key_type)) and (v in (None, version)):
+            return reason
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--identities", action="append", required=True, help="directory of identities (repeatable)")
+    ap.add_argument("--out", help="write the markdown matrix here (it is printed as well)")
+    ap.add_argument("--work", default=os.path.join(REPO, "target", "interop"), help="build cache")
+    ap.add_argument("--server-name", default="localhost")
+    ap.add_argument("--stacks", default=",".join(CLIENT_STACKS), help="subset of stacks to run")
+    ap.add_argument("--keys", default="", help="comma-separated key types to run (default: all)")
+    ap.add_argument("--versions", default=",".join(VERSIONS))
+    ap.add_argument("--rustls", choices=["auto", "demo", "standin"], default="auto",
+                    help="rustls column: the real `tlsid demo` ($TLSID_BIN or target/debug/tlsid) or the stand-in")
+    ap.add_argument("--no-negatives", action="store_true")
+    ap.add_argument("--update-doc", metavar="FILE",
+                    help="replace everything after the '<!-- matrix -->' line of FILE (docs/interop.md) with the result")
+    args = ap.parse_args()
+    started = time.time()
+
+    ids = load_identities(args.identities)
+    wanted_keys = set(filter(None, args.keys.split(",")))
+    matrix_ids = [i for i in ids if i.role == "matrix" and (not wanted_keys or i.key_type in wanted_keys)]
+    matrix_ids.sort(key=lambda i: (i.chain != "root", KEY_ORDER.index(i.key_type) if i.key_type in KEY_ORDER else 99))
+    by_role = {i.role: i for i in ids if i.role != "matrix"}
+    versions = [v for v in args.versions.split(",") if v in VERSIONS]
+    stacks = set(args.stacks.split(","))
+    server_stacks = [s for s in SERVER_STACKS if s in stacks]
+    client_stacks = [s for s in CLIENT_STACKS if s in stacks]
+    if not matrix_ids:
+        die("no identities with role matrix found")
+    base = next((i for i in matrix_ids if i.key_type == "ecdsa-p256" and i.chain == "root"), matrix_ids[0])
+
+    st = Stacks(args)
+    st.setup(stacks)
+    log("stacks: " + "; ".join(f"{k}: {v}" for k, v in sorted(st.versions.items())))
+    for k, v in st.unavailable.items():
+        log(f"unavailable: {k}: {v}")
+
+    # Listeners: every matrix identity per version, plus the bad server identities for client-judged
+    # negatives (on the presenter stack only).
+    listeners = {s: [] for s in server_stacks}
+    ver_any = st.rustls_mode == "demo"  # the demo server has no TLS version option
+    for s in server_stacks:
+        for i in matrix_ids:
+            for v in (["any"] if (s == "rustls" and ver_any) else versions):
+                listeners[s].append((f"{i.name}@{v}", i, v))
+    negatives_on = not args.no_negatives
+    presenter = NEGATIVE_PRESENTER["client"]
+    if negatives_on and presenter in listeners:
+        for case, judge, _, _ in NEGATIVES:
+            if judge == "client" and case in by_role:
+                for v in versions:
+                    listeners[presenter].append((f"{by_role[case].name}@{v}", by_role[case], v))
+
+    servers = {}
+    agents = {}
+    procs = []
+    try:
+        log("starting servers…")
+        for s in server_stacks:
+            for proc in st.start_servers(s, listeners[s]):
+                procs.append(proc)
+        for p in procs:
+            p.wait_ready()
+        for s in server_stacks:
+            for name, _, _ in listeners[s]:
+                servers[(s, name)] = next(p for p in procs if p.stack == s and name in p.events)
+        agents = st.start_agents()
+        log(f"servers up ({len(servers)} listeners) in {time.time() - started:.1f}s")
+
+        cells = []
+        total = len(client_stacks) * len(server_stacks) * len(matrix_ids) * len(versions)
+        n = 0
+        for ident in matrix_ids:
+            for server in server_stacks:
+                for version in versions:
+                    for client in client_stacks:
+                        n += 1
+                        reason = st.client_unsupported(client, server, False) or \
+                            known_unsupported(client, server, ident.key_type, version)
+                        if not reason and client == "rustls" and server == "rustls" and ver_any and version != "1.3":
+                            reason = "the tlsid demo has no TLS version option (both sides negotiate 1.3)"
+                        if reason:
+                            cells.append(Cell(client, server, ident.label, version, "n/a", reason))
+                            continue
+                        lname = f"{ident.name}@{'any' if (server == 'rustls' and ver_any) else version}"
+                        srv = servers[(server, lname)]
+                        if lname in srv.loadfail:
+                            cells.append(Cell(client, server, ident.label, version, "FAIL",
+                                              f"server: {srv.loadfail[lname]}"))
+                            log(f"[{n}/{total}] {ident.label:28} {client:>8} → {server:<7} TLS {version}: FAIL"
+                                f" (server could not load the identity)")
+                            continue
+                        srv.drain(lname)
+                        proto = "raw" if (server == "rustls" and st.rustls_mode == "demo") else "http"
+                        t0 = time.time()
+                        ok, got_ver, detail = st.client(client, agents, srv.ports[lname], args.server_name, ident,
+                                                        version, False, proto)
+                        s_ok, s_text = srv.event(lname)
+                        problems = []
+                        if not ok:
+                            problems.append(f"client: {one_line(detail)}")
+                        if s_ok is False:
+                            problems.append(f"server: {one_line(s_text)}")
+                        if ok and got_ver and got_ver != version:
+                            problems.append(f"negotiated TLS {got_ver}, not {version}")
+                        status = "FAIL" if problems else "pass"
+                        cells.append(Cell(client, server, ident.label, version, status,
+                                          "; ".join(problems) if problems else one_line(detail, 120)))
+                        log(f"[{n}/{total}] {ident.label:28} {client:>8} → {server:<7} TLS {version}: {status}"
+                            f" ({time.time() - t0:.2f}s){'  ' + '; '.join(problems) if problems else ''}")
+
+        negs = []
+        if negatives_on:
+            negs = run_negatives(st, agents, servers, server_stacks, client_stacks, versions, by_role, base,
+                                 args.server_name)
+    finally:
+        for a in agents.values():
+            a.stop()
+        for p in procs:
+            p.stop()
+
+    elapsed = time.time() - started
+    md = render(cells, negs, st, matrix_ids, server_stacks, client_stacks, versions, elapsed, by_role)
+    print(md)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(md)
+        log(f"wrote {args.out}")
+    if args.update_doc:
+        with open(args.update_doc) as f:
+            doc = f.read()
+        marker = "<!-- matrix -->"
+        if marker not in doc:
+            die(f"{args.update_doc} has no {marker} line")
+        with open(args.update_doc, "w") as f:
+            f.write(doc.split(marker)[0] + marker + "\n\n" + md)
+        log(f"updated {args.update_doc}")
+    failed = [c for c in cells if c.status == "FAIL"] + [x for x in negs if x.status not in ("rejected", "n/a")]
+    log(f"{len(cells)} cells, {len(negs)} negative checks, {len(failed)} failures, {elapsed:.0f}s")
+    sys.exit(1 if failed else 0)
+
+
+def run_negatives(st, agents, servers, server_stacks, client_stacks, versions, by_role, base, server_name):
+    out = []
+    for case, judge, desc, pattern in NEGATIVES:
+        bad = by_role.get(case) if case != "no-client-cert" else base
+        verifiers = client_stacks if judge == "client" else server_stacks
+        for stack in verifiers:
+            for version in versions:
+                if bad is None:
+                    out.append(Negative(case, judge, desc, stack, version, "n/a", f"no identity with role {case}"))
+                    continue
+                presenter = NEGATIVE_PRESENTER[judge]
+                if judge == "client":
+                    client, server = stack, presenter
+                    lname = f"{bad.name}@{version}"
+                    client_ident, nocert = base, False
+                else:
+                    client, server = presenter, stack
+                    lname = f"{base.name}@{'any' if (stack == 'rustls' and st.rustls_mode == 'demo') else version}"
+                    client_ident, nocert = (base, True) if case == "no-client-cert" else (bad, False)
+                reason = st.client_unsupported(client, server, nocert)
+                if reason or (server, lname) not in servers:
+                    out.append(Negative(case, judge, desc, stack, version, "n/a", reason or "no listener"))
+                    continue
+                srv = servers[(server, lname)]
+                if lname in srv.loadfail:
+                    out.append(Negative(case, judge, desc, stack, version, "n/a",
+                                        f"{server} server could not load {lname}: {srv.loadfail[lname]}"))
+                    continue
+                srv.drain(lname)
+                proto = "raw" if (server == "rustls" and st.rustls_mode == "demo") else "http"
+                ok, _, detail = st.client(client, agents, srv.ports[lname], server_name, client_ident, version,
+                                          nocert, proto)
+                s_ok, s_text = srv.event(lname)
+                verifier_err, peer_err = (detail, s_text) if judge == "client" else (s_text, detail)
+                if ok:
+                    status = "NOT REJECTED"
+                elif judge == "server" and s_ok is True:
+                    status = "NOT REJECTED"  # the server accepted; the client failed for another reason
+                elif re.search(pattern, verifier_err or "", re.I):
+                    status = "rejected"
+                else:
+                    status = "WRONG REASON"
+                out.append(Negative(case, judge, desc, stack, version, status, one_line(verifier_err, 400),
+                                    one_line(peer_err, 200)))
+                log(f"negative {case:14} judged by {judge} {stack:>8} TLS {version}: {status}"
+                    f"  [{one_line(verifier_err, 140)}]")
+    return out
+
+
+def render(cells, negs, st, matrix_ids, server_stacks, client_stacks, versions, elapsed, by_role):
+    L = []
+    passed = sum(c.status == "pass" for c in cells)
+    failed = sum(c.status == "FAIL" for c in cells)
+    na = sum(c.status == "n/a" for c in cells)
+    rejected = sum(n.status == "rejected" for n in negs)
+    bad_neg = sum(n.status not in ("rejected", "n/a") for n in negs)
+    L.append("## Interop matrix\n")
+    L.append(f"Run {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} in {elapsed:.0f}s: "
+             f"**{passed} pass, {failed} fail, {na} n/a** of {len(cells)} cells; "
+             f"negative cases: **{rejected} rejected as expected, {bad_neg} not**.\n")
+    L.append("Stacks:\n")
+    for s in CLIENT_STACKS:
+        L.append(f"- {STACK_TITLE[s]}: {st.versions.get(s) or 'unavailable: ' + st.unavailable.get(s, '?')}")
+    sources = sorted({i.meta.get('source', 'unspecified') for i in matrix_ids})
+    L.append(f"\nIdentities: {', '.join(i.name for i in matrix_ids)} (source: {'; '.join(sources)}).")
+    L.append("Each cell: client stack (row) connects to server stack (column) over TLS version, both sides "
+             "presenting the identity of that key type; ✅ pass, ❌ fail, n/a not supported (reason below).\n")
+    notes = {}
+
+    def mark(c):
+        if c.status == "pass":
+            return "✅"
+        if c.status == "FAIL":
+            return "❌"
+        k = notes.setdefault(c.detail, len(notes) + 1)
+        return f"n/a[{k}]"
+
+    for ident in matrix_ids:
+        L.append(f"### {ident.label}\n")
+        head = "| client ↓ / server → | " + " | ".join(f"{STACK_TITLE[s]} {v}" for s in server_stacks for v in versions) + " |"
+        L.append(head)
+        L.append("|" + "---|" * (1 + len(server_stacks) * len(versions)))
+        for c in client_stacks:
+            row = [STACK_TITLE[c]]
+            for s in server_stacks:
+                for v in versions:
+                    cell = next((x for x in cells if x.client == c and x.server == s and x.ident == ident.label
+                                 and x.version == v), None)
+                    row.append(mark(cell) if cell else "")
+            L.append("| " + " | ".join(row) + " |")
+        L.append("")
+    if notes:
+        L.append("Not supported:\n")
+        for text, k in notes.items():
+            L.append(f"- [{k}] {text}")
+        L.append("")
+    fails = [c for c in cells if c.status == "FAIL"]
+    if fails:
+        L.append("### Failures\n")
+        for c in fails:
+            L.append(f"- {c.ident}, {STACK_TITLE[c.client]} → {STACK_TITLE[c.server]}, TLS {c.version}: {c.detail}")
+        L.append("")
+    if negs:
+        L.append("### Negative cases\n")
+        L.append(f"The bad server certificate is presented by the {STACK_TITLE[NEGATIVE_PRESENTER['client']]} server, "
+                 f"the bad client certificate by the {STACK_TITLE[NEGATIVE_PRESENTER['server']]} client; the stack named "
+                 "is the one that must refuse it, and the error shown is that stack's own.\n")
+        L.append("| case | refused by | stack | " + " | ".join(f"TLS {v}" for v in versions) + " | error (TLS " + versions[0] + ") |")
+        L.append("|---|---|---|" + "---|" * len(versions) + "---|")
+        seen = []
+        for n in negs:
+            key = (n.case, n.judge, n.stack)
+            if key in seen:
+                continue
+            seen.append(key)
+            row = [x for x in negs if (x.case, x.judge, x.stack) == key]
+            marks = []
+            for v in versions:
+                x = next((r for r in row if r.version == v), None)
+                marks.append("" if x is None else {"rejected": "✅ rejected", "n/a": "n/a"}.get(x.status, "❌ " + x.status))
+            first = row[0]
+            err = first.verifier_error if first.status != "n/a" else first.verifier_error
+            L.append(f"| {n.description} | {n.judge} | {STACK_TITLE[n.stack]} | " + " | ".join(marks) +
+                     f" | {one_line(err, 220).replace('|', '/')} |")
+        L.append("")
+    return "\n".join(L) + "\n"
+
+
+if __name__ == "__main__":
+    main()

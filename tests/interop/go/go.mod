@@ -1,0 +1,3 @@
+module tlsid.dev/interop
+
+go 1.22
