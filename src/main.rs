@@ -7,7 +7,11 @@ use std::{net::SocketAddr, sync::Arc};
 use tlsid::controller::{self, Config, Context};
 
 #[derive(Parser)]
-#[command(name = "tlsid", version, about = "Mutual-TLS identities for Kubernetes workloads")]
+#[command(
+    name = "tlsid",
+    version,
+    about = "Mutual-TLS identities for Kubernetes workloads"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "TLSID_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
@@ -53,7 +57,11 @@ struct ControllerArgs {
     #[arg(long, env = "TLSID_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
     /// Image for the demo workloads the controller runs for identities with `spec.demo`.
-    #[arg(long, env = "TLSID_DEMO_IMAGE", default_value = "docker.io/library/tlsid:dev")]
+    #[arg(
+        long,
+        env = "TLSID_DEMO_IMAGE",
+        default_value = "docker.io/library/tlsid:dev"
+    )]
     demo_image: String,
     /// How many identities are reconciled at once.
     #[arg(long, env = "TLSID_CONCURRENCY", default_value_t = 16)]
@@ -64,9 +72,12 @@ struct ControllerArgs {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -112,7 +123,9 @@ fn install_crypto_provider() {
 }
 
 async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
     let config = Config {
         namespace: args.namespace,
         ca_secret: args.ca_secret,
@@ -120,13 +133,22 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency.max(1),
         watch_namespace: args.watch_namespace,
     };
-    tracing::info!(namespace = config.namespace, ca_secret = config.ca_secret, version = env!("CARGO_PKG_VERSION"), "starting tlsid controller");
+    tracing::info!(
+        namespace = config.namespace,
+        ca_secret = config.ca_secret,
+        version = env!("CARGO_PKG_VERSION"),
+        "starting tlsid controller"
+    );
     let ctx = Arc::new(Context::new(client, config));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(controller::server::serve(args.listen, ctx.clone(), async move {
-        let mut rx = stop_rx;
-        let _ = rx.wait_for(|stop| *stop).await;
-    }));
+    let server = tokio::spawn(controller::server::serve(
+        args.listen,
+        ctx.clone(),
+        async move {
+            let mut rx = stop_rx;
+            let _ = rx.wait_for(|stop| *stop).await;
+        },
+    ));
     // The controller drains in-flight reconciles on SIGTERM/SIGINT, then returns.
     controller::run(ctx).await?;
     let _ = stop_tx.send(true);

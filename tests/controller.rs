@@ -46,12 +46,18 @@ async fn setup(test: &str) -> Env {
 }
 
 async fn create(env: &Env, id: &TlsIdentity) -> TlsIdentity {
-    env.ids.create(&PostParams::default(), id).await.expect("create identity");
+    env.ids
+        .create(&PostParams::default(), id)
+        .await
+        .expect("create identity");
     wait_identity(&env.ids, &id.name_any(), "Ready", ready).await
 }
 
 fn serial(id: &TlsIdentity) -> String {
-    id.status.as_ref().and_then(|s| s.serial_number.clone()).unwrap_or_default()
+    id.status
+        .as_ref()
+        .and_then(|s| s.serial_number.clone())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -76,15 +82,31 @@ async fn issues_a_verifiable_certificate_matching_the_spec() {
     let secret = env.secrets.get("web-tls").await.expect("Secret web-tls");
     assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
     openssl_verify(&secret, "sslserver").expect("openssl verifies the chain against ca.crt");
-    assert!(openssl_verify(&secret, "sslclient").is_err(), "server-only usage must not verify as a client");
+    assert!(
+        openssl_verify(&secret, "sslclient").is_err(),
+        "server-only usage must not verify as a client"
+    );
 
     let (_, info) = parse_leaf(data(&secret, "tls.crt")).unwrap();
-    assert_eq!(info.dns_names, ["web.ns.svc".to_string(), "web.ns.svc.cluster.local".to_string()].into());
+    assert_eq!(
+        info.dns_names,
+        [
+            "web.ns.svc".to_string(),
+            "web.ns.svc.cluster.local".to_string()
+        ]
+        .into()
+    );
     assert_eq!(info.ip_addresses, ["10.0.0.7".parse().unwrap()].into());
-    assert_eq!(info.uris, ["spiffe://cluster.local/ns/x/sa/web".to_string()].into());
+    assert_eq!(
+        info.uris,
+        ["spiffe://cluster.local/ns/x/sa/web".to_string()].into()
+    );
     assert_eq!(info.usages, [Usage::Server].into());
     assert_eq!(info.key, Some(KeySpec::EcdsaP384));
-    assert!(String::from_utf8_lossy(data(&secret, "tls.key")).starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert!(
+        String::from_utf8_lossy(data(&secret, "tls.key"))
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
     let lifetime = info.not_after.as_second() - info.not_before.as_second();
     assert_eq!(lifetime, 2 * 3600 + 30, "2h plus the 30s backdate");
 
@@ -93,21 +115,46 @@ async fn issues_a_verifiable_certificate_matching_the_spec() {
     assert_eq!(labels["app.kubernetes.io/managed-by"], "tlsid");
     assert_eq!(secret.annotations()["owner"], "alice");
     let owner = &secret.owner_references()[0];
-    assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("TlsIdentity", id.uid().unwrap().as_str(), Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("TlsIdentity", id.uid().unwrap().as_str(), Some(true))
+    );
 
     let status = id.status.as_ref().unwrap();
-    assert_eq!(status.serial_number.as_deref(), Some(info.serial_hex.as_str()));
+    assert_eq!(
+        status.serial_number.as_deref(),
+        Some(info.serial_hex.as_str())
+    );
     assert_eq!(status.revision, Some(1));
     assert!(status.renewal_time.as_ref().unwrap().0 > status.not_before.as_ref().unwrap().0);
     assert!(status.renewal_time.as_ref().unwrap().0 < status.not_after.as_ref().unwrap().0);
 
     // An Issued event, and no key material anywhere a user or log collector can see.
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.ids.clone().into_client(), &env.ns);
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.ids.clone().into_client(), &env.ns);
     let events = events.list(&ListParams::default()).await.unwrap();
-    assert!(events.items.iter().any(|e| e.reason.as_deref() == Some("Issued")));
-    let everything = format!("{}{:?}{:?}", read(&env.controller.log), events.items, id.status);
-    assert!(!everything.contains("PRIVATE KEY"), "key material leaked into logs, events or status");
-    assert!(env.controller.metrics().await.contains("tlsid_certificate_expiration_timestamp_seconds{namespace="));
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Issued"))
+    );
+    let everything = format!(
+        "{}{:?}{:?}",
+        read(&env.controller.log),
+        events.items,
+        id.status
+    );
+    assert!(
+        !everything.contains("PRIVATE KEY"),
+        "key material leaked into logs, events or status"
+    );
+    assert!(
+        env.controller
+            .metrics()
+            .await
+            .contains("tlsid_certificate_expiration_timestamp_seconds{namespace=")
+    );
 }
 
 #[tokio::test]
@@ -115,9 +162,15 @@ async fn spec_change_reissues() {
     let env = setup("spec-change").await;
     let before = create(&env, &identity("api", json!({"dnsNames": ["api.ns.svc"]}))).await;
     let patch = json!({"spec": {"dnsNames": ["api.ns.svc", "api2.ns.svc"], "privateKey": {"algorithm": "Ed25519"}}});
-    env.ids.patch("api", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    env.ids
+        .patch("api", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     let old = serial(&before);
-    let after = wait_identity(&env.ids, "api", "re-issued", |o| ready(o) && o.map(serial) != Some(old.clone())).await;
+    let after = wait_identity(&env.ids, "api", "re-issued", |o| {
+        ready(o) && o.map(serial) != Some(old.clone())
+    })
+    .await;
     let reason = after.condition("Issuing").unwrap();
     assert_eq!(reason.reason, "SpecChanged", "{}", reason.message);
     let secret = env.secrets.get("api-tls").await.unwrap();
@@ -132,29 +185,49 @@ async fn deleted_or_tampered_secret_is_repaired() {
     let env = setup("repair").await;
     let first = create(&env, &identity("db", json!({"dnsNames": ["db.ns.svc"]}))).await;
 
-    env.secrets.delete("db-tls", &DeleteParams::default()).await.unwrap();
+    env.secrets
+        .delete("db-tls", &DeleteParams::default())
+        .await
+        .unwrap();
     let old = serial(&first);
-    let second = wait_identity(&env.ids, "db", "re-issued after delete", |o| o.map(serial) != Some(old.clone())).await;
+    let second = wait_identity(&env.ids, "db", "re-issued after delete", |o| {
+        o.map(serial) != Some(old.clone())
+    })
+    .await;
     assert_eq!(second.condition("Issuing").unwrap().reason, "SecretMissing");
-    let secret = wait_secret(&env.secrets, "db-tls", "recreated", |s| s.is_some()).await.unwrap();
+    let secret = wait_secret(&env.secrets, "db-tls", "recreated", |s| s.is_some())
+        .await
+        .unwrap();
     openssl_verify(&secret, "sslserver").unwrap();
 
     // Replace the key with another valid key: the pair no longer matches.
     let other = pki::issue(
-        &pki::IssuanceRequest::from_spec(&TlsIdentitySpec { dns_names: vec!["x".into()], ..Default::default() }).unwrap(),
+        &pki::IssuanceRequest::from_spec(&TlsIdentitySpec {
+            dns_names: vec!["x".into()],
+            ..Default::default()
+        })
+        .unwrap(),
         &pki::Authority::generate_root(jiff::Timestamp::now()).unwrap(),
         jiff::Timestamp::now(),
     )
     .unwrap();
     let tamper = json!({"data": {"tls.key": ByteString(other.key_pem.into_bytes())}});
-    env.secrets.patch("db-tls", &PatchParams::default(), &Patch::Merge(&tamper)).await.unwrap();
+    env.secrets
+        .patch("db-tls", &PatchParams::default(), &Patch::Merge(&tamper))
+        .await
+        .unwrap();
     let old = serial(&second);
-    let third = wait_identity(&env.ids, "db", "re-issued after tamper", |o| ready(o) && o.map(serial) != Some(old.clone())).await;
+    let third = wait_identity(&env.ids, "db", "re-issued after tamper", |o| {
+        ready(o) && o.map(serial) != Some(old.clone())
+    })
+    .await;
     assert_eq!(third.condition("Issuing").unwrap().reason, "KeyMismatch");
     let secret = env.secrets.get("db-tls").await.unwrap();
     let ca_secret = env.secrets.get("tlsid-ca").await.expect("CA Secret");
-    let ca = tlsid::controller::ca::authority_from_secret(&ca_secret, jiff::Timestamp::now()).expect("CA");
-    pki::inspect::inspect(&tlsid::resources::secret_data(&secret), &ca).expect("repaired Secret is consistent");
+    let ca = tlsid::controller::ca::authority_from_secret(&ca_secret, jiff::Timestamp::now())
+        .expect("CA");
+    pki::inspect::inspect(&tlsid::resources::secret_data(&secret), &ca)
+        .expect("repaired Secret is consistent");
 }
 
 #[tokio::test]
@@ -166,31 +239,73 @@ async fn unowned_secret_is_a_conflict_and_left_untouched() {
         "data": {"tls.crt": "dXNlcg==", "tls.key": "dXNlcg=="}
     }))
     .unwrap();
-    let created = env.secrets.create(&PostParams::default(), &mine).await.unwrap();
-    env.ids
-        .create(&PostParams::default(), &identity("grabby", json!({"secretName": "precious", "dnsNames": ["a.ns.svc"]})))
+    let created = env
+        .secrets
+        .create(&PostParams::default(), &mine)
         .await
         .unwrap();
-    let id = wait_identity(&env.ids, "grabby", "conflict", |o| condition(o, "Ready").is_some_and(|(_, r)| r == "SecretConflict")).await;
-    assert!(id.condition("Ready").unwrap().message.contains("not controlled by this TlsIdentity"));
+    env.ids
+        .create(
+            &PostParams::default(),
+            &identity(
+                "grabby",
+                json!({"secretName": "precious", "dnsNames": ["a.ns.svc"]}),
+            ),
+        )
+        .await
+        .unwrap();
+    let id = wait_identity(&env.ids, "grabby", "conflict", |o| {
+        condition(o, "Ready").is_some_and(|(_, r)| r == "SecretConflict")
+    })
+    .await;
+    assert!(
+        id.condition("Ready")
+            .unwrap()
+            .message
+            .contains("not controlled by this TlsIdentity")
+    );
 
     // Two identities naming one Secret: the first owns it, the second gets the conflict.
-    create(&env, &identity("first", json!({"secretName": "shared", "dnsNames": ["a.ns.svc"]}))).await;
+    create(
+        &env,
+        &identity(
+            "first",
+            json!({"secretName": "shared", "dnsNames": ["a.ns.svc"]}),
+        ),
+    )
+    .await;
     env.ids
-        .create(&PostParams::default(), &identity("second", json!({"secretName": "shared", "dnsNames": ["b.ns.svc"]})))
+        .create(
+            &PostParams::default(),
+            &identity(
+                "second",
+                json!({"secretName": "shared", "dnsNames": ["b.ns.svc"]}),
+            ),
+        )
         .await
         .unwrap();
-    wait_identity(&env.ids, "second", "conflict", |o| condition(o, "Ready").is_some_and(|(_, r)| r == "SecretConflict")).await;
+    wait_identity(&env.ids, "second", "conflict", |o| {
+        condition(o, "Ready").is_some_and(|(_, r)| r == "SecretConflict")
+    })
+    .await;
     let shared = env.secrets.get("shared").await.unwrap();
     let (_, info) = parse_leaf(data(&shared, "tls.crt")).unwrap();
-    assert!(info.dns_names.contains("a.ns.svc"), "the first identity's certificate stays");
+    assert!(
+        info.dns_names.contains("a.ns.svc"),
+        "the first identity's certificate stays"
+    );
 
     // Let every identity settle, then check nothing was written to the user's Secret.
     env.controller.wait_reconciled(4.0).await;
     let after = env.secrets.get("precious").await.unwrap();
-    assert_eq!(after.resource_version(), created.resource_version(), "user's Secret modified");
+    assert_eq!(
+        after.resource_version(),
+        created.resource_version(),
+        "user's Secret modified"
+    );
     assert_eq!(after.data, created.data);
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.ids.clone().into_client(), &env.ns);
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.ids.clone().into_client(), &env.ns);
     let conflicts = events
         .list(&ListParams::default())
         .await
@@ -199,7 +314,10 @@ async fn unowned_secret_is_a_conflict_and_left_untouched() {
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some("SecretConflict"))
         .count();
-    assert_eq!(conflicts, 2, "one Warning per conflicting identity, not a stream");
+    assert_eq!(
+        conflicts, 2,
+        "one Warning per conflicting identity, not a stream"
+    );
 }
 
 #[tokio::test]
@@ -226,11 +344,18 @@ async fn invalid_examples_are_rejected_by_the_apiserver_with_their_message() {
         let mut obj: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
         obj["metadata"]["namespace"] = json!(ns);
         let err = api
-            .create(&PostParams::default(), &serde_json::from_value(obj).unwrap())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(obj).unwrap(),
+            )
             .await
             .expect_err(&format!("{} must be rejected", path.display()));
         let msg = err.to_string();
-        assert!(msg.contains(&expected), "{}: got {msg:?}, want {expected:?}", path.display());
+        assert!(
+            msg.contains(&expected),
+            "{}: got {msg:?}, want {expected:?}",
+            path.display()
+        );
         checked += 1;
     }
     assert!(checked >= 6, "only {checked} invalid examples");
@@ -240,13 +365,36 @@ async fn invalid_examples_are_rejected_by_the_apiserver_with_their_message() {
 async fn renews_at_the_renewal_time() {
     let env = setup("renewal").await;
     // Lifetime 60s (+30s backdate), renew 45s before the end: about 15s after issuance.
-    let first = create(&env, &identity("short", json!({"dnsNames": ["s.ns.svc"], "duration": "60s", "renewBefore": "45s"}))).await;
-    let renew_at = first.status.as_ref().unwrap().renewal_time.clone().unwrap().0;
+    let first = create(
+        &env,
+        &identity(
+            "short",
+            json!({"dnsNames": ["s.ns.svc"], "duration": "60s", "renewBefore": "45s"}),
+        ),
+    )
+    .await;
+    let renew_at = first
+        .status
+        .as_ref()
+        .unwrap()
+        .renewal_time
+        .clone()
+        .unwrap()
+        .0;
     let old = serial(&first);
-    let renewed = wait_identity(&env.ids, "short", "renewed", |o| ready(o) && o.map(serial) != Some(old.clone())).await;
+    let renewed = wait_identity(&env.ids, "short", "renewed", |o| {
+        ready(o) && o.map(serial) != Some(old.clone())
+    })
+    .await;
     let now = jiff::Timestamp::now();
-    assert!(now >= renew_at, "renewed before its renewal time {renew_at}");
-    assert!(now.as_second() - renew_at.as_second() < 10, "renewed late: {now} vs {renew_at}");
+    assert!(
+        now >= renew_at,
+        "renewed before its renewal time {renew_at}"
+    );
+    assert!(
+        now.as_second() - renew_at.as_second() < 10,
+        "renewed late: {now} vs {renew_at}"
+    );
     assert_eq!(renewed.condition("Issuing").unwrap().reason, "Renewing");
     let secret = env.secrets.get("short-tls").await.unwrap();
     openssl_verify(&secret, "sslserver").unwrap();
@@ -257,18 +405,39 @@ async fn manual_renewal_by_annotation() {
     let env = setup("manual").await;
     let first = create(&env, &identity("m", json!({"dnsNames": ["m.ns.svc"]}))).await;
     let patch = json!({"metadata": {"annotations": {"tlsid.dev/renew": "now-1"}}});
-    env.ids.patch("m", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    env.ids
+        .patch("m", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     let old = serial(&first);
-    let renewed = wait_identity(&env.ids, "m", "renewed", |o| o.map(serial) != Some(old.clone())).await;
-    assert_eq!(renewed.status.as_ref().unwrap().last_renew_request.as_deref(), Some("now-1"));
-    assert_eq!(renewed.condition("Issuing").unwrap().reason, "ManuallyTriggered");
+    let renewed = wait_identity(&env.ids, "m", "renewed", |o| {
+        o.map(serial) != Some(old.clone())
+    })
+    .await;
+    assert_eq!(
+        renewed
+            .status
+            .as_ref()
+            .unwrap()
+            .last_renew_request
+            .as_deref(),
+        Some("now-1")
+    );
+    assert_eq!(
+        renewed.condition("Issuing").unwrap().reason,
+        "ManuallyTriggered"
+    );
 }
 
 #[tokio::test]
 async fn a_restarted_controller_writes_nothing_for_up_to_date_identities() {
     let env = setup("restart").await;
     for n in ["a", "b", "c"] {
-        create(&env, &identity(n, json!({"dnsNames": [format!("{n}.ns.svc")]}))).await;
+        create(
+            &env,
+            &identity(n, json!({"dnsNames": [format!("{n}.ns.svc")]})),
+        )
+        .await;
     }
     let snapshot = |env: &Env| {
         let (ids, secrets) = (env.ids.clone(), env.secrets.clone());
@@ -286,13 +455,27 @@ async fn a_restarted_controller_writes_nothing_for_up_to_date_identities() {
     // Let the first controller settle (its own writes trigger a few more reconciles).
     env.controller.wait_reconciled(6.0).await;
     let before = snapshot(&env).await;
-    let Env { ids, secrets, ns, controller } = env;
+    let Env {
+        ids,
+        secrets,
+        ns,
+        controller,
+    } = env;
     controller.stop();
     let cluster = cluster().await;
     let controller = Controller::start(cluster, &ns).await;
     controller.wait_reconciled(3.0).await;
-    let env = Env { ids, secrets, ns, controller };
-    assert_eq!(snapshot(&env).await, before, "a restart must not rewrite identities or Secrets");
+    let env = Env {
+        ids,
+        secrets,
+        ns,
+        controller,
+    };
+    assert_eq!(
+        snapshot(&env).await,
+        before,
+        "a restart must not rewrite identities or Secrets"
+    );
     assert_eq!(env.controller.metric("tlsid_issuances_total").await, 0.0);
 }
 
@@ -301,15 +484,29 @@ async fn replacing_the_ca_reissues_every_identity() {
     let env = setup("ca-rotation").await;
     let first = create(&env, &identity("w", json!({"dnsNames": ["w.ns.svc"]}))).await;
     let new_ca = pki::Authority::generate_root(jiff::Timestamp::now()).unwrap();
-    let data: BTreeMap<String, ByteString> = new_ca.to_secret_data().into_iter().map(|(k, v)| (k, ByteString(v))).collect();
+    let data: BTreeMap<String, ByteString> = new_ca
+        .to_secret_data()
+        .into_iter()
+        .map(|(k, v)| (k, ByteString(v)))
+        .collect();
     env.secrets
-        .patch("tlsid-ca", &PatchParams::default(), &Patch::Merge(json!({"data": data})))
+        .patch(
+            "tlsid-ca",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": data})),
+        )
         .await
         .unwrap();
     let old = serial(&first);
-    let after = wait_identity(&env.ids, "w", "re-issued by the new CA", |o| ready(o) && o.map(serial) != Some(old.clone())).await;
+    let after = wait_identity(&env.ids, "w", "re-issued by the new CA", |o| {
+        ready(o) && o.map(serial) != Some(old.clone())
+    })
+    .await;
     assert_eq!(after.condition("Issuing").unwrap().reason, "IssuerChanged");
-    assert_eq!(after.status.as_ref().unwrap().ca_fingerprint.as_deref(), Some(new_ca.fingerprint()));
+    assert_eq!(
+        after.status.as_ref().unwrap().ca_fingerprint.as_deref(),
+        Some(new_ca.fingerprint())
+    );
     let secret = env.secrets.get("w-tls").await.unwrap();
     assert_eq!(data_str(&secret, "ca.crt"), new_ca.bundle_pem());
     openssl_verify(&secret, "sslserver").unwrap();
@@ -328,19 +525,32 @@ async fn a_rejected_write_backs_off_and_recovers() {
         .await
         .unwrap();
     let failing = wait_identity(&env.ids, "bad", "failed attempts recorded", |o| {
-        o.and_then(|i| i.status.as_ref()?.failed_issuance_attempts).is_some_and(|n| n >= 2)
+        o.and_then(|i| i.status.as_ref()?.failed_issuance_attempts)
+            .is_some_and(|n| n >= 2)
     })
     .await;
     let (status, reason) = condition(Some(&failing), "Ready").unwrap();
     assert_eq!((status.as_str(), reason.as_str()), ("False", "SecretWrite"));
-    assert!(failing.condition("Ready").unwrap().message.contains("no spaces allowed"));
+    assert!(
+        failing
+            .condition("Ready")
+            .unwrap()
+            .message
+            .contains("no spaces allowed")
+    );
     let attempts = env.controller.metric("tlsid_reconcile_errors_total").await;
     assert!(attempts <= 4.0, "retry storm: {attempts} errors");
 
     let fix = json!({"spec": {"secretTemplate": null}});
-    env.ids.patch("bad", &PatchParams::default(), &Patch::Merge(&fix)).await.unwrap();
+    env.ids
+        .patch("bad", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
     let fixed = wait_identity(&env.ids, "bad", "Ready after the fix", ready).await;
-    assert_eq!(fixed.status.as_ref().unwrap().failed_issuance_attempts, None);
+    assert_eq!(
+        fixed.status.as_ref().unwrap().failed_issuance_attempts,
+        None
+    );
 }
 
 #[tokio::test]
@@ -353,42 +563,198 @@ async fn demo_workloads_follow_spec_demo() {
 
     // A client whose server does not exist yet: a clear condition, no Deployment to crash-loop.
     env.ids
-        .create(&PostParams::default(), &identity("shopper", json!({
-            "dnsNames": ["shopper.ns.svc"], "demo": {"role": "client", "server": "shop"}
-        })))
+        .create(
+            &PostParams::default(),
+            &identity(
+                "shopper",
+                json!({
+                    "dnsNames": ["shopper.ns.svc"], "demo": {"role": "client", "server": "shop"}
+                }),
+            ),
+        )
         .await
         .unwrap();
-    let waiting = wait_identity(&env.ids, "shopper", "ServerNotFound", |o| condition(o, "Demo").is_some_and(|(_, r)| r == "ServerNotFound")).await;
-    assert!(waiting.condition("Demo").unwrap().message.contains("\"shop\" does not exist"));
+    let waiting = wait_identity(&env.ids, "shopper", "ServerNotFound", |o| {
+        condition(o, "Demo").is_some_and(|(_, r)| r == "ServerNotFound")
+    })
+    .await;
+    assert!(
+        waiting
+            .condition("Demo")
+            .unwrap()
+            .message
+            .contains("\"shop\" does not exist")
+    );
     assert!(deployments.get_opt("shopper-demo").await.unwrap().is_none());
 
     let server_dns = format!("shop.{}.svc", env.ns);
-    create(&env, &identity("shop", json!({"dnsNames": [server_dns], "demo": {"role": "server", "port": 9443}}))).await;
-    wait_identity(&env.ids, "shopper", "client applied", |o| condition(o, "Demo").is_some_and(|(s, _)| s == "True")).await;
+    create(
+        &env,
+        &identity(
+            "shop",
+            json!({"dnsNames": [server_dns], "demo": {"role": "server", "port": 9443}}),
+        ),
+    )
+    .await;
+    wait_identity(&env.ids, "shopper", "client applied", |o| {
+        condition(o, "Demo").is_some_and(|(s, _)| s == "True")
+    })
+    .await;
 
     let server = deployments.get("shop-demo").await.unwrap();
-    let pod = server.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    assert_eq!(pod.volumes.as_ref().unwrap()[0].secret.as_ref().unwrap().secret_name.as_deref(), Some("shop-tls"));
+    let pod = server
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        pod.volumes.as_ref().unwrap()[0]
+            .secret
+            .as_ref()
+            .unwrap()
+            .secret_name
+            .as_deref(),
+        Some("shop-tls")
+    );
     assert_eq!(server.owner_references()[0].kind, "TlsIdentity");
     let svc = services.get("shop").await.unwrap();
     assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 9443);
-    let client_args = deployments.get("shopper-demo").await.unwrap().spec.unwrap().template.spec.unwrap().containers[0]
+    let client_args = deployments
+        .get("shopper-demo")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
         .args
         .clone()
         .unwrap();
     let want = format!("shop.{}.svc.cluster.local:9443", env.ns);
-    assert!(client_args.windows(2).any(|w| w[0] == "--connect" && w[1] == want), "{client_args:?}");
+    assert!(
+        client_args
+            .windows(2)
+            .any(|w| w[0] == "--connect" && w[1] == want),
+        "{client_args:?}"
+    );
 
     // The apiserver accepts our Deployment as is: no drift, so no write on the next reconcile.
     let rv = server.resource_version();
-    let before = env.controller.metric("tlsid_reconcile_duration_seconds_count").await;
-    env.ids.patch("shop", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"poke": "1"}}}))).await.unwrap();
+    let before = env
+        .controller
+        .metric("tlsid_reconcile_duration_seconds_count")
+        .await;
+    env.ids
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"poke": "1"}}})),
+        )
+        .await
+        .unwrap();
     env.controller.wait_reconciled(before + 1.0).await;
-    assert_eq!(deployments.get("shop-demo").await.unwrap().resource_version(), rv);
+    assert_eq!(
+        deployments
+            .get("shop-demo")
+            .await
+            .unwrap()
+            .resource_version(),
+        rv
+    );
 
     // Removing spec.demo removes the workload.
-    env.ids.patch("shop", &PatchParams::default(), &Patch::Merge(json!({"spec": {"demo": null}}))).await.unwrap();
-    wait_identity(&env.ids, "shop", "demo removed", |o| o.is_some_and(|i| i.condition("Demo").is_none())).await;
+    env.ids
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"demo": null}})),
+        )
+        .await
+        .unwrap();
+    wait_identity(&env.ids, "shop", "demo removed", |o| {
+        o.is_some_and(|i| i.condition("Demo").is_none())
+    })
+    .await;
     assert!(deployments.get_opt("shop-demo").await.unwrap().is_none());
     assert!(services.get_opt("shop").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn pkcs12_keystores_need_a_password_and_are_not_rewritten_when_idle() {
+    let env = setup("keystores").await;
+    env.ids
+        .create(&PostParams::default(), &identity("java", json!({
+            "dnsNames": ["java.ns.svc"],
+            "keystores": {"pkcs12": {"create": true, "passwordSecretRef": {"name": "p12-password", "key": "password"}}}
+        })))
+        .await
+        .unwrap();
+    // No password Secret yet: a clear condition, PEM files still there, no keystore.
+    let waiting = wait_identity(&env.ids, "java", "KeystorePasswordMissing", |o| {
+        condition(o, "Ready").is_some_and(|(_, r)| r == "KeystorePasswordMissing")
+    })
+    .await;
+    assert!(
+        waiting
+            .condition("Ready")
+            .unwrap()
+            .message
+            .contains("p12-password/password is missing or empty")
+    );
+    let secret = env.secrets.get("java-tls").await.unwrap();
+    assert!(!data(&secret, "tls.crt").is_empty());
+    assert!(data(&secret, "keystore.p12").is_empty());
+
+    let password: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "p12-password"}, "stringData": {"password": "changeit"}}),
+    )
+    .unwrap();
+    env.secrets
+        .create(&PostParams::default(), &password)
+        .await
+        .unwrap();
+    // The controller re-checks a missing password on its own, within 30s.
+    wait_identity(&env.ids, "java", "Ready with keystores", ready).await;
+    let secret = env.secrets.get("java-tls").await.unwrap();
+    let ks = p12_keystore::KeyStore::from_pkcs12(
+        data(&secret, "keystore.p12"),
+        "changeit",
+        Default::default(),
+    )
+    .expect("keystore.p12 opens with the password");
+    let (_, chain) = ks.private_key_chain().expect("a private key entry");
+    let leaf = tlsid::pki::parse_pem_certs(data(&secret, "tls.crt"))
+        .unwrap()
+        .remove(0);
+    assert_eq!(chain.certs()[0].as_der(), leaf.as_slice());
+    assert!(!data(&secret, "truststore.p12").is_empty());
+
+    // Idle reconciles keep the (randomised) PKCS#12 bytes: no Secret write.
+    let rv = secret.resource_version();
+    let before = env
+        .controller
+        .metric("tlsid_reconcile_duration_seconds_count")
+        .await;
+    env.ids
+        .patch(
+            "java",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"poke": "1"}}})),
+        )
+        .await
+        .unwrap();
+    env.controller.wait_reconciled(before + 1.0).await;
+    assert_eq!(
+        env.secrets
+            .get("java-tls")
+            .await
+            .unwrap()
+            .resource_version(),
+        rv
+    );
 }

@@ -36,6 +36,8 @@ pub const MIN_RENEW_BEFORE_SECS: u64 = 5;
 /// tlsid signs a certificate for these names with the cluster CA, writes it into a
 /// `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`, `ca.crt`) and re-issues it before it expires,
 /// and whenever this spec, the CA or the Secret changes.
+// Repeated `printcolumn(...)` entries are separate columns, not duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "tlsid.dev",
@@ -49,12 +51,25 @@ pub const MIN_RENEW_BEFORE_SECS: u64 = 5;
     derive = "PartialEq",
     derive = "Default",
     doc = "A mutual-TLS workload identity: a certificate signed by the tlsid cluster CA, kept in a Secret and rotated before it expires.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
     printcolumn(name = "Expires", type_ = "string", json_path = ".status.notAfter"),
     printcolumn(name = "Renews", type_ = "string", json_path = ".status.renewalTime"),
-    printcolumn(name = "Reason", type_ = "string", priority = "1", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = "1",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(
     validation = Rule::new("(has(self.commonName) && self.commonName != '') || (has(self.dnsNames) && size(self.dnsNames) > 0) || (has(self.ipAddresses) && size(self.ipAddresses) > 0) || (has(self.uris) && size(self.uris) > 0)")
@@ -235,7 +250,9 @@ pub enum DemoRole {
 }
 
 /// An extended key usage of the certificate.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Usage {
     /// TLS server authentication (EKU serverAuth).
@@ -335,9 +352,10 @@ pub struct TlsIdentityStatus {
 impl TlsIdentity {
     /// The Secret name, with the default applied.
     pub fn secret_name(&self) -> String {
-        self.spec.secret_name.clone().unwrap_or_else(|| {
-            format!("{}-tls", self.metadata.name.as_deref().unwrap_or_default())
-        })
+        self.spec
+            .secret_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-tls", self.metadata.name.as_deref().unwrap_or_default()))
     }
 
     pub fn condition(&self, type_: &str) -> Option<&Condition> {

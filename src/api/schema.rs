@@ -5,7 +5,8 @@
 use schemars::{Schema, SchemaGenerator, json_schema};
 
 /// Lowercase RFC 1123 DNS name, optionally a leading `*.` wildcard label.
-pub const DNS_NAME_RE: &str = r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+pub const DNS_NAME_RE: &str =
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
 /// Go duration as accepted by `time.ParseDuration` (non-negative).
 pub const DURATION_RE: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 

@@ -9,7 +9,9 @@ use crate::{
     pki::{Authority, CaError},
 };
 use futures::{SinkExt, StreamExt, channel::mpsc::Sender};
-use k8s_openapi::{ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{
     Api,
     api::PostParams,
@@ -30,7 +32,13 @@ pub enum LoadError {
 
 /// Parse a CA Secret.
 pub fn authority_from_secret(secret: &Secret, now: jiff::Timestamp) -> Result<Authority, CaError> {
-    let get = |k: &str| secret.data.as_ref().and_then(|d| d.get(k)).map(|b| b.0.as_slice());
+    let get = |k: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|b| b.0.as_slice())
+    };
     let crt = get("tls.crt").ok_or(CaError::Missing("tls.crt"))?;
     let key = get("tls.key").ok_or(CaError::Missing("tls.key"))?;
     Authority::from_pem(crt, key, get("ca.crt"), now)
@@ -45,7 +53,8 @@ pub async fn load_or_create(api: &Api<Secret>, name: &str) -> Result<Authority, 
             return authority_from_secret(&secret, jiff::Timestamp::now())
                 .map_err(|e| LoadError::Invalid(name.to_string(), e));
         }
-        let ca = Authority::generate_root(jiff::Timestamp::now()).map_err(|e| LoadError::Invalid(name.to_string(), e))?;
+        let ca = Authority::generate_root(jiff::Timestamp::now())
+            .map_err(|e| LoadError::Invalid(name.to_string(), e))?;
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),
@@ -56,17 +65,28 @@ pub async fn load_or_create(api: &Api<Secret>, name: &str) -> Result<Authority, 
                 ..Default::default()
             },
             type_: Some("kubernetes.io/tls".into()),
-            data: Some(ca.to_secret_data().into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+            data: Some(
+                ca.to_secret_data()
+                    .into_iter()
+                    .map(|(k, v)| (k, ByteString(v)))
+                    .collect(),
+            ),
             ..Default::default()
         };
-        let pp = PostParams { field_manager: Some(crate::api::FIELD_MANAGER.into()), ..Default::default() };
+        let pp = PostParams {
+            field_manager: Some(crate::api::FIELD_MANAGER.into()),
+            ..Default::default()
+        };
         match api.create(&pp, &secret).await {
             Ok(_) => {
                 info!(secret = name, fingerprint = ca.fingerprint(), not_after = %ca.not_after(), "created a new self-signed cluster CA");
                 return Ok(ca);
             }
             Err(kube::Error::Api(s)) if s.is_already_exists() => {
-                info!(secret = name, "another replica created the CA first; using it");
+                info!(
+                    secret = name,
+                    "another replica created the CA first; using it"
+                );
             }
             Err(e) => return Err(api_err(e)),
         }
@@ -85,7 +105,12 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
     loop {
         match load_or_create(&api, &name).await {
             Ok(ca) => {
-                info!(secret = name, namespace = ctx.config.namespace, fingerprint = ca.fingerprint(), "cluster CA loaded");
+                info!(
+                    secret = name,
+                    namespace = ctx.config.namespace,
+                    fingerprint = ca.fingerprint(),
+                    "cluster CA loaded"
+                );
                 ctx.set_ca(Arc::new(ca));
                 let _ = changed.send(()).await;
                 break;
@@ -110,12 +135,18 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
                             c.fingerprint() == ca.fingerprint() && c.bundle_pem() == ca.bundle_pem()
                         });
                         if !same {
-                            info!(fingerprint = ca.fingerprint(), roots = ca.roots().len(), "cluster CA changed; reconciling every identity");
+                            info!(
+                                fingerprint = ca.fingerprint(),
+                                roots = ca.roots().len(),
+                                "cluster CA changed; reconciling every identity"
+                            );
                             ctx.set_ca(Arc::new(ca));
                             let _ = changed.send(()).await;
                         }
                     }
-                    Err(e) => error!(secret = name, error = %e, "CA Secret changed but is not usable; still signing with the previous CA"),
+                    Err(e) => {
+                        error!(secret = name, error = %e, "CA Secret changed but is not usable; still signing with the previous CA")
+                    }
                 }
             }
             Ok(watcher::Event::Delete(_)) => {
@@ -125,7 +156,9 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
                         ctx.set_ca(Arc::new(ca));
                         let _ = changed.send(()).await;
                     }
-                    Err(e) => error!(error = %e, "could not recreate the CA; still signing with the previous CA"),
+                    Err(e) => {
+                        error!(error = %e, "could not recreate the CA; still signing with the previous CA")
+                    }
                 }
             }
             Ok(_) => {}

@@ -57,10 +57,22 @@ pub async fn reconcile(
                 Some(t) => Some(t),
                 None => {
                     let msg = match server {
-                        None => format!("server TlsIdentity {server_name:?} does not exist in namespace {ns}"),
-                        Some(_) => format!("server TlsIdentity {server_name:?} has no dnsNames to verify"),
+                        None => format!(
+                            "server TlsIdentity {server_name:?} does not exist in namespace {ns}"
+                        ),
+                        Some(_) => {
+                            format!("server TlsIdentity {server_name:?} has no dnsNames to verify")
+                        }
                     };
-                    set_condition(&mut status.conditions, DEMO, false, "ServerNotFound", msg, generation, now);
+                    set_condition(
+                        &mut status.conditions,
+                        DEMO,
+                        false,
+                        "ServerNotFound",
+                        msg,
+                        generation,
+                        now,
+                    );
                     return Ok(Some(SERVER_RECHECK));
                 }
             }
@@ -75,10 +87,27 @@ pub async fn reconcile(
         delete_owned(&services, &obj.name_any(), &uid).await?;
     }
     let msg = match &target {
-        Some(t) => format!("client Deployment {} connects to {} as {}", build::demo_name(obj), t.address, t.server_name),
-        None => format!("server Deployment {} behind Service {}", build::demo_name(obj), obj.name_any()),
+        Some(t) => format!(
+            "client Deployment {} connects to {} as {}",
+            build::demo_name(obj),
+            t.address,
+            t.server_name
+        ),
+        None => format!(
+            "server Deployment {} behind Service {}",
+            build::demo_name(obj),
+            obj.name_any()
+        ),
     };
-    set_condition(&mut status.conditions, DEMO, true, "Applied", msg, generation, now);
+    set_condition(
+        &mut status.conditions,
+        DEMO,
+        true,
+        "Applied",
+        msg,
+        generation,
+        now,
+    );
     Ok(None)
 }
 
@@ -91,10 +120,15 @@ where
     let name = desired.meta().name.clone().unwrap_or_default();
     if let Some(live) = api.get_opt(&name).await.map_err(Error::Read)? {
         if !controlled_by(&live, uid) {
-            return Err(Error::DemoWrite(kube::Error::Api(Box::new(kube::core::Status::failure(
-                &format!("{} {name} exists and is not controlled by this TlsIdentity", K::kind(&())),
-                "AlreadyExists",
-            )))));
+            return Err(Error::DemoWrite(kube::Error::Api(Box::new(
+                kube::core::Status::failure(
+                    &format!(
+                        "{} {name} exists and is not controlled by this TlsIdentity",
+                        K::kind(&())
+                    ),
+                    "AlreadyExists",
+                ),
+            ))));
         }
         if build::up_to_date(&live, &desired) {
             return Ok(());
@@ -104,9 +138,13 @@ where
     let mut value = serde_json::to_value(&desired).unwrap_or_default();
     value["apiVersion"] = K::api_version(&()).into();
     value["kind"] = K::kind(&()).into();
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(value))
-        .await
-        .map_err(Error::DemoWrite)?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(value),
+    )
+    .await
+    .map_err(Error::DemoWrite)?;
     Ok(())
 }
 
@@ -118,7 +156,9 @@ where
         && controlled_by(&live, uid)
     {
         info!(kind = %K::kind(&()), name, "removing demo workload");
-        api.delete(name, &DeleteParams::default()).await.map_err(Error::DemoWrite)?;
+        api.delete(name, &DeleteParams::default())
+            .await
+            .map_err(Error::DemoWrite)?;
     }
     Ok(())
 }

@@ -53,7 +53,9 @@ impl Default for Metrics {
             issuances: Family::default(),
             reconciliations: Counter::default(),
             errors: Family::default(),
-            reconcile_duration: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            reconcile_duration: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
             registry: Registry::default(),
         };
         registry.register(
@@ -76,9 +78,21 @@ impl Default for Metrics {
             "Expiry (notAfter) of the signing CA certificate, Unix seconds",
             m.ca_expiration.clone(),
         );
-        registry.register("issuances", "Certificates issued, by reason", m.issuances.clone());
-        registry.register("reconciliations", "Reconciliations run", m.reconciliations.clone());
-        registry.register("reconcile_errors", "Reconciliation errors, by category", m.errors.clone());
+        registry.register(
+            "issuances",
+            "Certificates issued, by reason",
+            m.issuances.clone(),
+        );
+        registry.register(
+            "reconciliations",
+            "Reconciliations run",
+            m.reconciliations.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciliation errors, by category",
+            m.errors.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Time spent in one reconciliation",
@@ -91,15 +105,34 @@ impl Default for Metrics {
 impl Metrics {
     pub fn set_ready(&self, namespace: &str, name: &str, status: &str) {
         for condition in ["True", "False", "Unknown"] {
-            let labels = ReadyLabels { namespace: namespace.into(), name: name.into(), condition: condition.into() };
-            self.ready.get_or_create(&labels).set(i64::from(condition == status));
+            let labels = ReadyLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+                condition: condition.into(),
+            };
+            self.ready
+                .get_or_create(&labels)
+                .set(i64::from(condition == status));
         }
     }
 
-    pub fn set_certificate(&self, namespace: &str, name: &str, not_after: jiff::Timestamp, renew_at: jiff::Timestamp) {
-        let labels = IdentityLabels { namespace: namespace.into(), name: name.into() };
-        self.expiration.get_or_create(&labels).set(not_after.as_second());
-        self.renewal.get_or_create(&labels).set(renew_at.as_second());
+    pub fn set_certificate(
+        &self,
+        namespace: &str,
+        name: &str,
+        not_after: jiff::Timestamp,
+        renew_at: jiff::Timestamp,
+    ) {
+        let labels = IdentityLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.expiration
+            .get_or_create(&labels)
+            .set(not_after.as_second());
+        self.renewal
+            .get_or_create(&labels)
+            .set(renew_at.as_second());
     }
 
     pub fn encode(&self) -> String {

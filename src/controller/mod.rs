@@ -90,7 +90,13 @@ impl Context {
     }
 
     async fn publish(&self, obj: &TlsIdentity, type_: EventType, reason: &str, note: String) {
-        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
         if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             warn!(error = %e, "could not publish event");
         }
@@ -137,7 +143,12 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
             Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns),
             Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), ns),
         ),
-        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
     };
     // Only Secrets we manage: never every Secret in the cluster.
     let managed = watcher::Config::default().labels(&format!(
@@ -153,7 +164,9 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         .owns(secrets, managed.clone())
         .owns(deployments, managed.clone())
         .owns(services, managed)
-        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency))
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
+        )
         .reconcile_all_on(ca_changed_rx)
         .shutdown_on_signal();
     let store = controller.store();
@@ -172,7 +185,9 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        ready_ctx.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        ready_ctx
+            .ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         info!("CA loaded and initial sync done; ready");
     });
 
@@ -193,12 +208,18 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
 fn error_policy(obj: Arc<TlsIdentity>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .errors
-        .get_or_create(&metrics::ErrorLabels { category: err.category().into() })
+        .get_or_create(&metrics::ErrorLabels {
+            category: err.category().into(),
+        })
         .inc();
     warn!(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any(), category = err.category(), error = %err, "reconcile failed");
     // Issuance failures are recorded in status and back off from there (see `reconcile`);
     // transient API errors retry with the same curve, starting from the recorded attempts.
-    let attempts = obj.status.as_ref().and_then(|s| s.failed_issuance_attempts).unwrap_or(0);
+    let attempts = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.failed_issuance_attempts)
+        .unwrap_or(0);
     Action::requeue(failure_backoff(attempts + 1))
 }
 
@@ -207,7 +228,9 @@ async fn reconcile(obj: Arc<TlsIdentity>, ctx: Arc<Context>) -> Result<Action, E
     let started = std::time::Instant::now();
     ctx.metrics.reconciliations.inc();
     let result = reconcile_inner(&obj, &ctx).await;
-    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
     result
 }
 
@@ -229,14 +252,25 @@ async fn reconcile_inner(obj: &TlsIdentity, ctx: &Context) -> Result<Action, Err
     let request = match IssuanceRequest::from_spec(&obj.spec) {
         Ok(r) => r,
         Err(invalid) => {
-            set_condition(&mut status.conditions, READY, false, "InvalidSpec", invalid.0.clone(), obj.metadata.generation, now);
+            set_condition(
+                &mut status.conditions,
+                READY,
+                false,
+                "InvalidSpec",
+                invalid.0.clone(),
+                obj.metadata.generation,
+                now,
+            );
             finish_terminal(obj, ctx, &old_status, status, "InvalidSpec", invalid.0).await?;
             return Ok(Action::await_change());
         }
     };
 
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
-    let existing = secrets.get_opt(&obj.secret_name()).await.map_err(Error::Read)?;
+    let existing = secrets
+        .get_opt(&obj.secret_name())
+        .await
+        .map_err(Error::Read)?;
     if let Some(secret) = &existing
         && !resources::controlled_by(secret, &uid)
     {
@@ -244,7 +278,15 @@ async fn reconcile_inner(obj: &TlsIdentity, ctx: &Context) -> Result<Action, Err
             "Secret {} exists and is not controlled by this TlsIdentity; tlsid will not modify it. Delete it or choose another secretName.",
             obj.secret_name()
         );
-        set_condition(&mut status.conditions, READY, false, "SecretConflict", msg.clone(), obj.metadata.generation, now);
+        set_condition(
+            &mut status.conditions,
+            READY,
+            false,
+            "SecretConflict",
+            msg.clone(),
+            obj.metadata.generation,
+            now,
+        );
         finish_terminal(obj, ctx, &old_status, status, "SecretConflict", msg).await?;
         return Ok(Action::requeue(CONFLICT_RECHECK));
     }
@@ -264,9 +306,33 @@ async fn reconcile_inner(obj: &TlsIdentity, ctx: &Context) -> Result<Action, Err
     };
     let action = match pki::should_reissue(&input) {
         Ok((info, renew_at)) => {
-            keep_current(obj, ctx, &ca, existing.as_ref(), &info, renew_at, old_status, status, now).await
+            keep_current(
+                obj,
+                ctx,
+                &ca,
+                existing.as_ref(),
+                &info,
+                renew_at,
+                old_status,
+                status,
+                now,
+            )
+            .await
         }
-        Err(reason) => issue_new(obj, ctx, &ca, &request, existing.as_ref(), reason, old_status, status, now).await,
+        Err(reason) => {
+            issue_new(
+                obj,
+                ctx,
+                &ca,
+                &request,
+                existing.as_ref(),
+                reason,
+                old_status,
+                status,
+                now,
+            )
+            .await
+        }
     }?;
     Ok(match demo_requeue {
         Some(soon) => Action::requeue(soon),
@@ -296,19 +362,54 @@ async fn keep_current(
         ca_crt: ca.bundle_pem().into_bytes(),
         ..Default::default()
     };
-    let keystore_problem = add_keystores(ctx, obj, &mut content, Some(secret)).await?.err();
+    let keystore_problem = add_keystores(ctx, obj, &mut content, Some(secret))
+        .await?
+        .err();
     let desired = resources::desired_secret(obj, &content, &info.serial_hex);
     if resources::secret_needs_update(secret, &desired) {
-        info!(secret = obj.secret_name(), "updating Secret metadata or trust bundle");
+        info!(
+            secret = obj.secret_name(),
+            "updating Secret metadata or trust bundle"
+        );
         apply_secret(ctx, obj, desired, Some(secret)).await?;
     }
     fill_certificate_status(&mut status, info, renew_at, ca);
     let generation = obj.metadata.generation;
-    let msg = format!("certificate valid until {}, renews at {renew_at}", info.not_after);
-    set_condition(&mut status.conditions, READY, true, "Issued", msg, generation, now);
-    let renew_at = report_keystore_problem(obj, ctx, &old_status, &mut status, keystore_problem, renew_at, now).await;
-    if status.conditions.iter().all(|c| c.type_ != ISSUING) || status.failed_issuance_attempts.is_some() {
-        set_condition(&mut status.conditions, ISSUING, false, "UpToDate", "no issuance needed".into(), generation, now);
+    let msg = format!(
+        "certificate valid until {}, renews at {renew_at}",
+        info.not_after
+    );
+    set_condition(
+        &mut status.conditions,
+        READY,
+        true,
+        "Issued",
+        msg,
+        generation,
+        now,
+    );
+    let renew_at = report_keystore_problem(
+        obj,
+        ctx,
+        &old_status,
+        &mut status,
+        keystore_problem,
+        renew_at,
+        now,
+    )
+    .await;
+    if status.conditions.iter().all(|c| c.type_ != ISSUING)
+        || status.failed_issuance_attempts.is_some()
+    {
+        set_condition(
+            &mut status.conditions,
+            ISSUING,
+            false,
+            "UpToDate",
+            "no issuance needed".into(),
+            generation,
+            now,
+        );
     }
     status.failed_issuance_attempts = None;
     status.last_failure_time = None;
@@ -331,13 +432,20 @@ async fn issue_new(
 ) -> Result<Action, Error> {
     let generation = obj.metadata.generation;
     // Back off after failures, measured from the recorded failure so restarts do not reset it.
-    if let (Some(attempts), Some(Time(last))) = (old_status.failed_issuance_attempts, &old_status.last_failure_time) {
+    if let (Some(attempts), Some(Time(last))) = (
+        old_status.failed_issuance_attempts,
+        &old_status.last_failure_time,
+    ) {
         let retry_at = *last + failure_backoff(attempts);
         if now < retry_at {
             return Ok(requeue_at(retry_at, now));
         }
     }
-    info!(reason = reason.reason(), detail = reason.message(), "issuing certificate");
+    info!(
+        reason = reason.reason(),
+        detail = reason.message(),
+        "issuing certificate"
+    );
 
     let issued = {
         let (req, ca) = (request.clone(), ca.clone());
@@ -357,7 +465,9 @@ async fn issue_new(
             match add_keystores(ctx, obj, &mut content, existing).await {
                 Ok(problem) => {
                     let desired = resources::desired_secret(obj, &content, &cert.serial_hex);
-                    apply_secret(ctx, obj, desired, existing).await.map(|()| (cert, problem.err()))
+                    apply_secret(ctx, obj, desired, existing)
+                        .await
+                        .map(|()| (cert, problem.err()))
                 }
                 Err(e) => Err(e),
             }
@@ -372,15 +482,42 @@ async fn issue_new(
             let attempts = old_status.failed_issuance_attempts.unwrap_or(0) + 1;
             status.failed_issuance_attempts = Some(attempts);
             status.last_failure_time = Some(Time(now));
-            let msg = format!("{} (attempt {attempts}; retrying in {}s)", err, failure_backoff(attempts).as_secs());
-            set_condition(&mut status.conditions, ISSUING, true, err.category(), msg.clone(), generation, now);
+            let msg = format!(
+                "{} (attempt {attempts}; retrying in {}s)",
+                err,
+                failure_backoff(attempts).as_secs()
+            );
+            set_condition(
+                &mut status.conditions,
+                ISSUING,
+                true,
+                err.category(),
+                msg.clone(),
+                generation,
+                now,
+            );
             let still_valid = old_status.not_after.as_ref().is_some_and(|t| t.0 > now)
-                && !matches!(reason, ReissueReason::SecretMissing | ReissueReason::DataMissing(_) | ReissueReason::Unparseable(..) | ReissueReason::KeyMismatch);
+                && !matches!(
+                    reason,
+                    ReissueReason::SecretMissing
+                        | ReissueReason::DataMissing(_)
+                        | ReissueReason::Unparseable(..)
+                        | ReissueReason::KeyMismatch
+                );
             if !still_valid {
-                set_condition(&mut status.conditions, READY, false, err.category(), msg.clone(), generation, now);
+                set_condition(
+                    &mut status.conditions,
+                    READY,
+                    false,
+                    err.category(),
+                    msg.clone(),
+                    generation,
+                    now,
+                );
             }
             write_status(ctx, obj, &old_status, &status).await?;
-            ctx.publish(obj, EventType::Warning, err.category(), msg).await;
+            ctx.publish(obj, EventType::Warning, err.category(), msg)
+                .await;
             return Err(err);
         }
     };
@@ -397,7 +534,12 @@ async fn issue_new(
         key: Some(request.key),
         issuer_fingerprint: Some(ca.fingerprint().to_string()),
     };
-    let renew_at = pki::renewal_time(cert.not_before, cert.not_after, request.renew, &obj.uid().unwrap_or_default());
+    let renew_at = pki::renewal_time(
+        cert.not_before,
+        cert.not_after,
+        request.renew,
+        &obj.uid().unwrap_or_default(),
+    );
     fill_certificate_status(&mut status, &info, renew_at, ca);
     status.revision = Some(old_status.revision.unwrap_or(0) + 1);
     status.failed_issuance_attempts = None;
@@ -405,19 +547,56 @@ async fn issue_new(
     if let ReissueReason::ManualRequest(v) = &reason {
         status.last_renew_request = Some(v.clone());
     }
-    let (event_reason, verb) = if reason.is_renewal() { ("Renewed", "renewed") } else { ("Issued", "issued") };
+    let (event_reason, verb) = if reason.is_renewal() {
+        ("Renewed", "renewed")
+    } else {
+        ("Issued", "issued")
+    };
     let msg = format!(
         "certificate {verb} (serial {}, valid until {}): {}",
         cert.serial_hex,
         cert.not_after,
         reason.message()
     );
-    set_condition(&mut status.conditions, READY, true, event_reason, format!("certificate valid until {}, renews at {renew_at}", cert.not_after), generation, now);
-    set_condition(&mut status.conditions, ISSUING, false, reason.reason(), msg.clone(), generation, now);
-    let renew_at = report_keystore_problem(obj, ctx, &old_status, &mut status, keystore_problem, renew_at, now).await;
+    set_condition(
+        &mut status.conditions,
+        READY,
+        true,
+        event_reason,
+        format!(
+            "certificate valid until {}, renews at {renew_at}",
+            cert.not_after
+        ),
+        generation,
+        now,
+    );
+    set_condition(
+        &mut status.conditions,
+        ISSUING,
+        false,
+        reason.reason(),
+        msg.clone(),
+        generation,
+        now,
+    );
+    let renew_at = report_keystore_problem(
+        obj,
+        ctx,
+        &old_status,
+        &mut status,
+        keystore_problem,
+        renew_at,
+        now,
+    )
+    .await;
     write_status(ctx, obj, &old_status, &status).await?;
     ctx.publish(obj, EventType::Normal, event_reason, msg).await;
-    ctx.metrics.issuances.get_or_create(&metrics::ReasonLabels { reason: reason.reason().into() }).inc();
+    ctx.metrics
+        .issuances
+        .get_or_create(&metrics::ReasonLabels {
+            reason: reason.reason().into(),
+        })
+        .inc();
     record_metrics(ctx, obj, cert.not_after, renew_at, "True");
     info!(serial = cert.serial_hex, not_after = %cert.not_after, renew_at = %renew_at, reason = reason.reason(), "certificate {verb}");
     Ok(requeue_at(renew_at, now))
@@ -434,8 +613,16 @@ async fn add_keystores(
     content: &mut SecretContent,
     existing: Option<&Secret>,
 ) -> Result<Result<(), String>, Error> {
-    use crate::resources::keystore::{KEYSTORE_P12, PROFILE_ANNOTATION, TRUSTSTORE_P12, pkcs12_data, profile_name};
-    let Some(p12) = obj.spec.keystores.as_ref().and_then(|k| k.pkcs12.as_ref()).filter(|p| p.create) else {
+    use crate::resources::keystore::{
+        KEYSTORE_P12, PROFILE_ANNOTATION, TRUSTSTORE_P12, pkcs12_data, profile_name,
+    };
+    let Some(p12) = obj
+        .spec
+        .keystores
+        .as_ref()
+        .and_then(|k| k.pkcs12.as_ref())
+        .filter(|p| p.create)
+    else {
         return Ok(Ok(()));
     };
     let Some(pw_ref) = &p12.password_secret_ref else {
@@ -455,18 +642,34 @@ async fn add_keystores(
         )));
     };
     let Ok(password) = String::from_utf8(password) else {
-        return Ok(Err(format!("the keystore password in {}/{} is not UTF-8", pw_ref.name, pw_ref.key)));
+        return Ok(Err(format!(
+            "the keystore password in {}/{} is not UTF-8",
+            pw_ref.name, pw_ref.key
+        )));
     };
     let wanted = p12.profile.unwrap_or_default();
     let old = existing.and_then(|s| {
         let d = s.data.as_ref()?;
         let written_with = s.metadata.annotations.as_ref()?.get(PROFILE_ANNOTATION)?;
-        Some((d.get(KEYSTORE_P12)?.0.as_slice(), d.get(TRUSTSTORE_P12)?.0.as_slice(), written_with.as_str()))
+        Some((
+            d.get(KEYSTORE_P12)?.0.as_slice(),
+            d.get(TRUSTSTORE_P12)?.0.as_slice(),
+            written_with.as_str(),
+        ))
     });
-    match pkcs12_data(&content.tls_crt, &content.tls_key, &content.ca_crt, &password, wanted, old) {
+    match pkcs12_data(
+        &content.tls_crt,
+        &content.tls_key,
+        &content.ca_crt,
+        &password,
+        wanted,
+        old,
+    ) {
         Ok(files) => {
             content.extra.extend(files);
-            content.annotations.insert(PROFILE_ANNOTATION.into(), profile_name(wanted).into());
+            content
+                .annotations
+                .insert(PROFILE_ANNOTATION.into(), profile_name(wanted).into());
             Ok(Ok(()))
         }
         Err(e) => Ok(Err(format!("cannot build the PKCS#12 keystores: {e}"))),
@@ -486,7 +689,15 @@ async fn report_keystore_problem(
 ) -> jiff::Timestamp {
     let Some(msg) = problem else { return renew_at };
     const REASON: &str = "KeystorePasswordMissing";
-    set_condition(&mut status.conditions, READY, false, REASON, msg.clone(), obj.metadata.generation, now);
+    set_condition(
+        &mut status.conditions,
+        READY,
+        false,
+        REASON,
+        msg.clone(),
+        obj.metadata.generation,
+        now,
+    );
     if ready_reason(Some(old_status)) != Some(REASON) {
         warn!(reason = REASON, message = msg, "keystores not written");
         ctx.publish(obj, EventType::Warning, REASON, msg).await;
@@ -494,15 +705,29 @@ async fn report_keystore_problem(
     std::cmp::min(renew_at, now + KEYSTORE_RECHECK)
 }
 
-fn fill_certificate_status(status: &mut TlsIdentityStatus, info: &CertificateInfo, renew_at: jiff::Timestamp, ca: &Authority) {
+fn fill_certificate_status(
+    status: &mut TlsIdentityStatus,
+    info: &CertificateInfo,
+    renew_at: jiff::Timestamp,
+    ca: &Authority,
+) {
     status.not_before = Some(Time(info.not_before));
     status.not_after = Some(Time(info.not_after));
     status.renewal_time = Some(Time(renew_at));
     status.serial_number = Some(info.serial_hex.clone());
-    status.ca_fingerprint = info.issuer_fingerprint.clone().or_else(|| Some(ca.fingerprint().to_string()));
+    status.ca_fingerprint = info
+        .issuer_fingerprint
+        .clone()
+        .or_else(|| Some(ca.fingerprint().to_string()));
 }
 
-fn record_metrics(ctx: &Context, obj: &TlsIdentity, not_after: jiff::Timestamp, renew_at: jiff::Timestamp, ready: &str) {
+fn record_metrics(
+    ctx: &Context,
+    obj: &TlsIdentity,
+    not_after: jiff::Timestamp,
+    renew_at: jiff::Timestamp,
+    ready: &str,
+) {
     let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
     ctx.metrics.set_certificate(&ns, &name, not_after, renew_at);
     ctx.metrics.set_ready(&ns, &name, ready);
@@ -520,7 +745,11 @@ async fn finish_terminal(
 ) -> Result<(), Error> {
     let is_new = ready_reason(Some(old)) != Some(reason);
     write_status(ctx, obj, old, &new).await?;
-    ctx.metrics.set_ready(&obj.namespace().unwrap_or_default(), &obj.name_any(), "False");
+    ctx.metrics.set_ready(
+        &obj.namespace().unwrap_or_default(),
+        &obj.name_any(),
+        "False",
+    );
     if is_new {
         warn!(reason, message = msg, "identity not ready");
         ctx.publish(obj, EventType::Warning, reason, msg).await;
@@ -530,12 +759,22 @@ async fn finish_terminal(
 
 /// Create the Secret if absent (fails if someone created it meanwhile, rather than overwrite it),
 /// else server-side apply with the observed resourceVersion as a precondition.
-async fn apply_secret(ctx: &Context, obj: &TlsIdentity, mut desired: Secret, existing: Option<&Secret>) -> Result<(), Error> {
+async fn apply_secret(
+    ctx: &Context,
+    obj: &TlsIdentity,
+    mut desired: Secret,
+    existing: Option<&Secret>,
+) -> Result<(), Error> {
     let api = Api::<Secret>::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     match existing {
         None => {
-            let pp = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-            api.create(&pp, &desired).await.map_err(Error::SecretWrite)?;
+            let pp = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            api.create(&pp, &desired)
+                .await
+                .map_err(Error::SecretWrite)?;
         }
         Some(current) => {
             desired.metadata.resource_version = current.metadata.resource_version.clone();
@@ -543,26 +782,38 @@ async fn apply_secret(ctx: &Context, obj: &TlsIdentity, mut desired: Secret, exi
             value["apiVersion"] = "v1".into();
             value["kind"] = "Secret".into();
             let pp = PatchParams::apply(FIELD_MANAGER).force();
-            api.patch(&obj.secret_name(), &pp, &Patch::Apply(value)).await.map_err(Error::SecretWrite)?;
+            api.patch(&obj.secret_name(), &pp, &Patch::Apply(value))
+                .await
+                .map_err(Error::SecretWrite)?;
         }
     }
     Ok(())
 }
 
 /// Server-side apply the status, only when it differs from what the object already has.
-async fn write_status(ctx: &Context, obj: &TlsIdentity, old: &TlsIdentityStatus, new: &TlsIdentityStatus) -> Result<(), Error> {
+async fn write_status(
+    ctx: &Context,
+    obj: &TlsIdentity,
+    old: &TlsIdentityStatus,
+    new: &TlsIdentityStatus,
+) -> Result<(), Error> {
     if old == new {
         return Ok(());
     }
-    let api = Api::<TlsIdentity>::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let api =
+        Api::<TlsIdentity>::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": TlsIdentity::api_version(&()),
         "kind": TlsIdentity::kind(&()),
         "status": new,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
-        .await
-        .map_err(Error::StatusWrite)?;
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map_err(Error::StatusWrite)?;
     Ok(())
 }
 

@@ -38,7 +38,11 @@ pub fn set_condition(
 
 /// The Ready condition's reason, if any: used to emit an Event only when it changes.
 pub fn ready_reason(status: Option<&TlsIdentityStatus>) -> Option<&str> {
-    status?.conditions.iter().find(|c| c.type_ == READY).map(|c| c.reason.as_str())
+    status?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .map(|c| c.reason.as_str())
 }
 
 /// Exponential backoff after `attempts` consecutive failures: 5s, 10s, 20s, ... capped at 5 minutes.
@@ -59,13 +63,39 @@ mod tests {
         set_condition(&mut c, READY, true, "Issued", "ok".into(), Some(1), t0);
         let first = c.clone();
         set_condition(&mut c, READY, true, "Issued", "ok".into(), Some(1), t1);
-        assert_eq!(c, first, "same status at a later time: identical, so no write");
-        set_condition(&mut c, READY, true, "Renewed", "ok again".into(), Some(1), t1);
-        assert_eq!(c[0].last_transition_time, Time(t0), "reason changes keep the transition time");
-        set_condition(&mut c, READY, false, "SecretConflict", "x".into(), Some(1), t1);
+        assert_eq!(
+            c, first,
+            "same status at a later time: identical, so no write"
+        );
+        set_condition(
+            &mut c,
+            READY,
+            true,
+            "Renewed",
+            "ok again".into(),
+            Some(1),
+            t1,
+        );
+        assert_eq!(
+            c[0].last_transition_time,
+            Time(t0),
+            "reason changes keep the transition time"
+        );
+        set_condition(
+            &mut c,
+            READY,
+            false,
+            "SecretConflict",
+            "x".into(),
+            Some(1),
+            t1,
+        );
         assert_eq!(c[0].last_transition_time, Time(t1));
         set_condition(&mut c, ISSUING, false, "Issued", "x".into(), Some(1), t1);
-        assert_eq!(c.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(), vec![ISSUING, READY]);
+        assert_eq!(
+            c.iter().map(|c| c.type_.as_str()).collect::<Vec<_>>(),
+            vec![ISSUING, READY]
+        );
     }
 
     #[test]

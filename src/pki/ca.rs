@@ -71,7 +71,10 @@ impl Authority {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "tlsid");
-        dn.push(DnType::CommonName, format!("tlsid cluster CA {}", now.as_second()));
+        dn.push(
+            DnType::CommonName,
+            format!("tlsid cluster CA {}", now.as_second()),
+        );
         params.distinguished_name = dn;
         // No path length limit: OpenSSL and Go enforce a root's pathLen, and a user may later put an
         // intermediate under this root.
@@ -84,11 +87,17 @@ impl Authority {
         params.serial_number = Some(random_serial());
         let start = now - jiff::SignedDuration::from_hours(1);
         params.not_before = to_offset(start).map_err(|e| CaError::Generate(e.to_string()))?;
-        params.not_after = to_offset(now + ROOT_LIFETIME).map_err(|e| CaError::Generate(e.to_string()))?;
+        params.not_after =
+            to_offset(now + ROOT_LIFETIME).map_err(|e| CaError::Generate(e.to_string()))?;
         let cert = params.self_signed(&key).map_err(gen_err)?;
         let pem = cert.pem();
         let key_pem = key.serialize_pem();
-        Self::from_pem(pem.as_bytes(), key_pem.as_bytes(), Some(pem.as_bytes()), now)
+        Self::from_pem(
+            pem.as_bytes(),
+            key_pem.as_bytes(),
+            Some(pem.as_bytes()),
+            now,
+        )
     }
 
     /// Load and check a CA from the three Secret keys.
@@ -98,21 +107,30 @@ impl Authority {
         ca_crt: Option<&[u8]>,
         now: jiff::Timestamp,
     ) -> Result<Self, CaError> {
-        let chain = parse_pem_certs(tls_crt)
-            .map_err(|reason| CaError::Malformed { key: "tls.crt", reason })?;
+        let chain = parse_pem_certs(tls_crt).map_err(|reason| CaError::Malformed {
+            key: "tls.crt",
+            reason,
+        })?;
         let Some(signer) = chain.first().cloned() else {
             return Err(CaError::Missing("certificate in tls.crt"));
         };
-        let key_pem = std::str::from_utf8(tls_key)
-            .map_err(|_| CaError::Malformed { key: "tls.key", reason: "not UTF-8".into() })?;
-        let key = KeyPair::from_pem(key_pem)
-            .map_err(|e| CaError::Malformed { key: "tls.key", reason: e.to_string() })?;
+        let key_pem = std::str::from_utf8(tls_key).map_err(|_| CaError::Malformed {
+            key: "tls.key",
+            reason: "not UTF-8".into(),
+        })?;
+        let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::Malformed {
+            key: "tls.key",
+            reason: e.to_string(),
+        })?;
 
         let parsed: Vec<X509Certificate<'_>> = chain
             .iter()
             .map(|der| parse_x509_certificate(der).map(|(_, c)| c))
             .collect::<Result<_, _>>()
-            .map_err(|e| CaError::Malformed { key: "tls.crt", reason: e.to_string() })?;
+            .map_err(|e| CaError::Malformed {
+                key: "tls.crt",
+                reason: e.to_string(),
+            })?;
         let signer_cert = &parsed[0];
         if !signer_cert.is_ca() {
             return Err(CaError::NotACa);
@@ -126,8 +144,12 @@ impl Authority {
         }
 
         let mut roots = match ca_crt {
-            Some(b) if !b.iter().all(u8::is_ascii_whitespace) => parse_pem_certs(b)
-                .map_err(|reason| CaError::Malformed { key: "ca.crt", reason })?,
+            Some(b) if !b.iter().all(u8::is_ascii_whitespace) => {
+                parse_pem_certs(b).map_err(|reason| CaError::Malformed {
+                    key: "ca.crt",
+                    reason,
+                })?
+            }
             _ => Vec::new(),
         };
         // The chain in tls.crt may end in the root itself; it is not repeated in leaves' tls.crt.
@@ -148,23 +170,31 @@ impl Authority {
         for pair in parsed.windows(2) {
             pair[0]
                 .verify_signature(Some(pair[1].public_key()))
-                .map_err(|_| CaError::Untrusted(format!(
-                    "{} is not signed by {}",
-                    pair[0].subject(),
-                    pair[1].subject()
-                )))?;
+                .map_err(|_| {
+                    CaError::Untrusted(format!(
+                        "{} is not signed by {}",
+                        pair[0].subject(),
+                        pair[1].subject()
+                    ))
+                })?;
         }
         let top = parsed.last().expect("chain is not empty");
         let parsed_roots: Vec<X509Certificate<'_>> = roots
             .iter()
             .map(|der| parse_x509_certificate(der).map(|(_, c)| c))
             .collect::<Result<_, _>>()
-            .map_err(|e| CaError::Malformed { key: "ca.crt", reason: e.to_string() })?;
-        let anchored = parsed_roots
-            .iter()
-            .any(|root| root.subject() == top.issuer() && top.verify_signature(Some(root.public_key())).is_ok());
+            .map_err(|e| CaError::Malformed {
+                key: "ca.crt",
+                reason: e.to_string(),
+            })?;
+        let anchored = parsed_roots.iter().any(|root| {
+            root.subject() == top.issuer() && top.verify_signature(Some(root.public_key())).is_ok()
+        });
         if !anchored {
-            return Err(CaError::Untrusted(format!("no root in ca.crt signed {}", top.subject())));
+            return Err(CaError::Untrusted(format!(
+                "no root in ca.crt signed {}",
+                top.subject()
+            )));
         }
 
         Ok(Self {
@@ -200,13 +230,19 @@ impl Authority {
         if !self.roots.contains(&self.signer) {
             out.push(&self.signer);
         }
-        out.extend(self.intermediates.iter().filter(|c| !self.roots.contains(c)));
+        out.extend(
+            self.intermediates
+                .iter()
+                .filter(|c| !self.roots.contains(c)),
+        );
         out
     }
 
     /// Certificates that may have signed a leaf we issued and that chain to the bundle.
     pub fn trusted_issuers(&self) -> impl Iterator<Item = &Vec<u8>> {
-        std::iter::once(&self.signer).chain(self.intermediates.iter()).chain(self.roots.iter())
+        std::iter::once(&self.signer)
+            .chain(self.intermediates.iter())
+            .chain(self.roots.iter())
     }
 
     pub fn signer_der(&self) -> &[u8] {
@@ -232,7 +268,8 @@ impl Authority {
 
     /// An rcgen issuer for signing leaves.
     pub fn issuer(&self) -> Result<rcgen::Issuer<'_, &KeyPair>, PkiError> {
-        rcgen::Issuer::from_ca_cert_der(&self.signer.clone().into(), &self.key).map_err(PkiError::Signing)
+        rcgen::Issuer::from_ca_cert_der(&self.signer.clone().into(), &self.key)
+            .map_err(PkiError::Signing)
     }
 }
 
@@ -269,7 +306,10 @@ mod tests {
         .unwrap();
         assert_eq!(back.fingerprint(), ca.fingerprint());
         assert_eq!(back.roots().len(), 1);
-        assert!(back.chain_for_leaf().is_empty(), "a root signer is not repeated in tls.crt");
+        assert!(
+            back.chain_for_leaf().is_empty(),
+            "a root signer is not repeated in tls.crt"
+        );
         // ca.crt is optional when tls.crt is a self-signed root.
         let again = Authority::from_pem(&data["tls.crt"], &data["tls.key"], None, now()).unwrap();
         assert_eq!(again.bundle_pem(), ca.bundle_pem());
@@ -286,12 +326,24 @@ mod tests {
     fn rejects_broken_ca_secrets_with_clear_errors() {
         let a = Authority::generate_root(now()).unwrap().to_secret_data();
         let b = Authority::generate_root(now()).unwrap().to_secret_data();
-        let err = |crt: &[u8], key: &[u8], ca: Option<&[u8]>| Authority::from_pem(crt, key, ca, now()).unwrap_err();
-        assert_eq!(err(b"", &a["tls.key"], None), CaError::Missing("certificate in tls.crt"));
-        assert!(matches!(err(&a["tls.crt"], b"garbage", None), CaError::Malformed { key: "tls.key", .. }));
-        assert_eq!(err(&a["tls.crt"], &b["tls.key"], None), CaError::KeyMismatch);
+        let err = |crt: &[u8], key: &[u8], ca: Option<&[u8]>| {
+            Authority::from_pem(crt, key, ca, now()).unwrap_err()
+        };
+        assert_eq!(
+            err(b"", &a["tls.key"], None),
+            CaError::Missing("certificate in tls.crt")
+        );
+        assert!(matches!(
+            err(&a["tls.crt"], b"garbage", None),
+            CaError::Malformed { key: "tls.key", .. }
+        ));
+        assert_eq!(
+            err(&a["tls.crt"], &b["tls.key"], None),
+            CaError::KeyMismatch
+        );
         // A self-signed signer is always its own anchor: it joins the given bundle.
-        let joined = Authority::from_pem(&a["tls.crt"], &a["tls.key"], Some(&b["ca.crt"]), now()).unwrap();
+        let joined =
+            Authority::from_pem(&a["tls.crt"], &a["tls.key"], Some(&b["ca.crt"]), now()).unwrap();
         assert_eq!(joined.roots().len(), 2);
         let later = now() + jiff::SignedDuration::from_hours(24 * 365 * 11);
         assert!(matches!(

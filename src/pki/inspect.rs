@@ -46,11 +46,14 @@ pub enum DataProblem {
 pub fn parse_leaf(tls_crt: &[u8]) -> Result<(Vec<u8>, CertificateInfo), DataProblem> {
     let certs = parse_pem_certs(tls_crt).map_err(|e| DataProblem::Unparseable("tls.crt", e))?;
     let Some(leaf) = certs.into_iter().next() else {
-        return Err(DataProblem::Unparseable("tls.crt", "no PEM CERTIFICATE block".into()));
+        return Err(DataProblem::Unparseable(
+            "tls.crt",
+            "no PEM CERTIFICATE block".into(),
+        ));
     };
     let info = {
-        let (_, cert) =
-            parse_x509_certificate(&leaf).map_err(|e| DataProblem::Unparseable("tls.crt", e.to_string()))?;
+        let (_, cert) = parse_x509_certificate(&leaf)
+            .map_err(|e| DataProblem::Unparseable("tls.crt", e.to_string()))?;
         describe(&cert)
     };
     Ok((leaf, info))
@@ -117,7 +120,9 @@ fn key_spec(spki: &SubjectPublicKeyInfo<'_>) -> Option<KeySpec> {
             384 => Some(KeySpec::EcdsaP384),
             _ => None,
         },
-        PublicKey::RSA(rsa) if *alg == OID_PKCS1_RSAENCRYPTION => u32::try_from(rsa.key_size()).ok().map(KeySpec::Rsa),
+        PublicKey::RSA(rsa) if *alg == OID_PKCS1_RSAENCRYPTION => {
+            u32::try_from(rsa.key_size()).ok().map(KeySpec::Rsa)
+        }
         _ => None,
     }
 }
@@ -125,22 +130,30 @@ fn key_spec(spki: &SubjectPublicKeyInfo<'_>) -> Option<KeySpec> {
 /// Check a Secret's certificate and key against each other and the CA.
 /// Returns the certificate's description, with `issuer_fingerprint` set when the CA vouches for it.
 pub fn inspect(data: &SecretData<'_>, ca: &Authority) -> Result<CertificateInfo, DataProblem> {
-    let crt = data.tls_crt.filter(|b| !b.is_empty()).ok_or(DataProblem::Missing("tls.crt"))?;
-    let key = data.tls_key.filter(|b| !b.is_empty()).ok_or(DataProblem::Missing("tls.key"))?;
+    let crt = data
+        .tls_crt
+        .filter(|b| !b.is_empty())
+        .ok_or(DataProblem::Missing("tls.crt"))?;
+    let key = data
+        .tls_key
+        .filter(|b| !b.is_empty())
+        .ok_or(DataProblem::Missing("tls.key"))?;
     let (leaf_der, mut info) = parse_leaf(crt)?;
-    let key_pem = std::str::from_utf8(key).map_err(|_| DataProblem::Unparseable("tls.key", "not UTF-8".into()))?;
+    let key_pem = std::str::from_utf8(key)
+        .map_err(|_| DataProblem::Unparseable("tls.key", "not UTF-8".into()))?;
     // Parse errors from rcgen/aws-lc never contain the key bytes.
     let key = rcgen::KeyPair::from_pem(key_pem)
         .map_err(|e| DataProblem::Unparseable("tls.key", e.to_string()))?;
-    let (_, leaf) =
-        parse_x509_certificate(&leaf_der).map_err(|e| DataProblem::Unparseable("tls.crt", e.to_string()))?;
+    let (_, leaf) = parse_x509_certificate(&leaf_der)
+        .map_err(|e| DataProblem::Unparseable("tls.crt", e.to_string()))?;
     if leaf.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
         return Err(DataProblem::KeyMismatch);
     }
     info.issuer_fingerprint = ca.trusted_issuers().find_map(|der| {
         let (_, issuer) = parse_x509_certificate(der).ok()?;
-        (issuer.subject() == leaf.issuer() && leaf.verify_signature(Some(issuer.public_key())).is_ok())
-            .then(|| fingerprint(der))
+        (issuer.subject() == leaf.issuer()
+            && leaf.verify_signature(Some(issuer.public_key())).is_ok())
+        .then(|| fingerprint(der))
     });
     Ok(info)
 }

@@ -1,10 +1,13 @@
 //! Signing a leaf certificate for an [`IssuanceRequest`]. A fresh key every time.
 
-use super::{Authority, BACKDATE, IssuanceRequest, KeySpec, PkiError, certs_to_pem, ca::random_serial, to_offset};
+use super::{
+    Authority, BACKDATE, IssuanceRequest, KeySpec, PkiError, ca::random_serial, certs_to_pem,
+    to_offset,
+};
 use crate::api::Usage;
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-    SanType, string::Ia5String,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType, string::Ia5String,
 };
 
 /// A freshly issued certificate and its key. `Debug` never shows the key.
@@ -35,7 +38,8 @@ impl std::fmt::Debug for IssuedCertificate {
 /// `ssl`, curl, `openssl s_client`) refuses to load.
 fn private_key_pem(key: &KeyPair, spec: KeySpec) -> String {
     const ED25519_V1_PREFIX: [u8; 16] = [
-        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
     ];
     let der = key.serialize_der();
     if spec == KeySpec::Ed25519 {
@@ -70,7 +74,11 @@ pub fn generate_key(spec: KeySpec) -> Result<KeyPair, PkiError> {
 
 /// Sign a leaf for `req` with `ca`, valid from `now - BACKDATE` for `req.duration` after `now`
 /// (never past the CA's own expiry).
-pub fn issue(req: &IssuanceRequest, ca: &Authority, now: jiff::Timestamp) -> Result<IssuedCertificate, PkiError> {
+pub fn issue(
+    req: &IssuanceRequest,
+    ca: &Authority,
+    now: jiff::Timestamp,
+) -> Result<IssuedCertificate, PkiError> {
     let key = generate_key(req.key)?;
     let mut params = CertificateParams::default();
 

@@ -16,7 +16,8 @@
 
 use super::{fingerprint, parse_pem_certs, pem_blocks};
 use p12_keystore::{
-    Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKey, PrivateKeyChain,
+    Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKey,
+    PrivateKeyChain,
 };
 use x509_parser::prelude::*;
 
@@ -192,12 +193,19 @@ pub fn pkcs12(
 
 /// The DER of the single `PRIVATE KEY` (PKCS#8) block of `tls.key`.
 fn pkcs8_der(key_pem: &str) -> Result<Vec<u8>, KeystoreError> {
-    let bad = |reason: String| KeystoreError::Input { key: "tls.key", reason };
+    let bad = |reason: String| KeystoreError::Input {
+        key: "tls.key",
+        reason,
+    };
     let blocks = pem_blocks(key_pem.as_bytes()).map_err(bad)?;
-    let mut keys = blocks.into_iter().filter(|(tag, _)| tag.ends_with("PRIVATE KEY"));
+    let mut keys = blocks
+        .into_iter()
+        .filter(|(tag, _)| tag.ends_with("PRIVATE KEY"));
     match (keys.next(), keys.next()) {
         (Some((tag, der)), None) if tag == "PRIVATE KEY" => Ok(der),
-        (Some((tag, _)), None) => Err(bad(format!("a {tag} block; PKCS#8 (PRIVATE KEY) is required"))),
+        (Some((tag, _)), None) => Err(bad(format!(
+            "a {tag} block; PKCS#8 (PRIVATE KEY) is required"
+        ))),
         (None, _) => Err(bad("no PRIVATE KEY block".into())),
         (Some(_), Some(_)) => Err(bad("more than one private key".into())),
     }
@@ -214,8 +222,10 @@ fn check_key_matches(key_der: &[u8], leaf_der: &[u8]) -> Result<(), KeystoreErro
 }
 
 fn issued_by(cert_der: &[u8], issuer_der: &[u8]) -> bool {
-    let (Ok((_, cert)), Ok((_, issuer))) = (parse_x509_certificate(cert_der), parse_x509_certificate(issuer_der))
-    else {
+    let (Ok((_, cert)), Ok((_, issuer))) = (
+        parse_x509_certificate(cert_der),
+        parse_x509_certificate(issuer_der),
+    ) else {
         return false;
     };
     cert.issuer() == issuer.subject() && cert.verify_signature(Some(issuer.public_key())).is_ok()
@@ -288,8 +298,14 @@ mod tests {
                 Pkcs12Profile::LegacyDES,
                 Pkcs12Profile::Modern2023,
             ] {
-                let stores = pkcs12(&leaf.chain_pem, &leaf.key_pem, &ca.bundle_pem(), "s3cret", profile)
-                    .unwrap_or_else(|e| panic!("{spec} {profile:?}: {e}"));
+                let stores = pkcs12(
+                    &leaf.chain_pem,
+                    &leaf.key_pem,
+                    &ca.bundle_pem(),
+                    "s3cret",
+                    profile,
+                )
+                .unwrap_or_else(|e| panic!("{spec} {profile:?}: {e}"));
                 let ks = read(&stores.keystore_p12, "s3cret");
                 assert_eq!(ks.entries_len(), 1, "{spec} {profile:?}");
                 let (alias, chain) = ks.private_key_chain().unwrap();
@@ -300,16 +316,28 @@ mod tests {
                     vec![leaf.leaf_der.as_slice(), root_der.as_slice()],
                     "{spec} {profile:?}"
                 );
-                assert_eq!(chain.key().as_der(), pkcs8_der(&leaf.key_pem).unwrap().as_slice());
+                assert_eq!(
+                    chain.key().as_der(),
+                    pkcs8_der(&leaf.key_pem).unwrap().as_slice()
+                );
 
                 let ts = read(&stores.truststore_p12, "s3cret");
                 assert_eq!(ts.entries_len(), 1);
                 match ts.entry(TRUSTSTORE_ALIAS) {
-                    Some(KeyStoreEntry::Certificate(c)) => assert_eq!(c.as_der(), root_der.as_slice()),
+                    Some(KeyStoreEntry::Certificate(c)) => {
+                        assert_eq!(c.as_der(), root_der.as_slice())
+                    }
                     other => panic!("{spec} {profile:?}: truststore entry {other:?}"),
                 }
                 // The wrong password is refused (the MAC does not verify).
-                assert!(KeyStore::from_pkcs12(&stores.keystore_p12, "wrong", Pkcs12ImportPolicy::Strict).is_err());
+                assert!(
+                    KeyStore::from_pkcs12(
+                        &stores.keystore_p12,
+                        "wrong",
+                        Pkcs12ImportPolicy::Strict
+                    )
+                    .is_err()
+                );
             }
         }
     }
@@ -320,7 +348,14 @@ mod tests {
         let other_root = Authority::generate_root(now()).unwrap();
         let bundle = format!("{}{}", ca.bundle_pem(), other_root.bundle_pem());
         let leaf = issue(&request(KeySpec::EcdsaP256), &ca, now()).unwrap();
-        let stores = pkcs12(&leaf.chain_pem, &leaf.key_pem, &bundle, "pw", Pkcs12Profile::default()).unwrap();
+        let stores = pkcs12(
+            &leaf.chain_pem,
+            &leaf.key_pem,
+            &bundle,
+            "pw",
+            Pkcs12Profile::default(),
+        )
+        .unwrap();
 
         let ks = read(&stores.keystore_p12, "pw");
         let (_, chain) = ks.private_key_chain().unwrap();
@@ -328,7 +363,11 @@ mod tests {
         // Leaf, intermediate, and only the root that issued the intermediate.
         assert_eq!(
             ders,
-            vec![leaf.leaf_der.as_slice(), ca.signer_der(), ca.roots()[0].as_slice()]
+            vec![
+                leaf.leaf_der.as_slice(),
+                ca.signer_der(),
+                ca.roots()[0].as_slice()
+            ]
         );
 
         let ts = read(&stores.truststore_p12, "pw");
@@ -357,7 +396,10 @@ mod tests {
         let p = |chain: &str, key: &str, bundle: &str| {
             pkcs12(chain, key, bundle, "pw", Pkcs12Profile::Modern2023).unwrap_err()
         };
-        assert_eq!(p(&a.chain_pem, &b.key_pem, &bundle), KeystoreError::KeyMismatch);
+        assert_eq!(
+            p(&a.chain_pem, &b.key_pem, &bundle),
+            KeystoreError::KeyMismatch
+        );
         assert!(matches!(
             p("", &a.key_pem, &bundle),
             KeystoreError::Input { key: "tls.crt", .. }
@@ -376,7 +418,14 @@ mod tests {
         assert!(!err.to_string().contains(&a.key_pem[30..60]));
         // The chain may carry the root itself; it is not repeated.
         let with_root = format!("{}{}", a.chain_pem, certs_to_pem(ca.roots()));
-        let stores = pkcs12(&with_root, &a.key_pem, &bundle, "pw", Pkcs12Profile::Modern2023).unwrap();
+        let stores = pkcs12(
+            &with_root,
+            &a.key_pem,
+            &bundle,
+            "pw",
+            Pkcs12Profile::Modern2023,
+        )
+        .unwrap();
         assert_eq!(
             read(&stores.keystore_p12, "pw")
                 .private_key_chain()

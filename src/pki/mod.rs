@@ -59,7 +59,10 @@ pub fn parse_pem_certs(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
 /// All PEM blocks as (tag, DER) pairs.
 pub fn pem_blocks(pem: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
     let blocks = pem::parse_many(pem).map_err(|e| format!("malformed PEM: {e}"))?;
-    Ok(blocks.into_iter().map(|b| (b.tag().to_string(), b.into_contents())).collect())
+    Ok(blocks
+        .into_iter()
+        .map(|b| (b.tag().to_string(), b.into_contents()))
+        .collect())
 }
 
 /// PEM-encode DER certificates, in order.
@@ -71,7 +74,8 @@ pub fn certs_to_pem<'a>(ders: impl IntoIterator<Item = &'a Vec<u8>>) -> String {
 }
 
 pub(crate) fn to_offset(ts: jiff::Timestamp) -> Result<time::OffsetDateTime, PkiError> {
-    time::OffsetDateTime::from_unix_timestamp(ts.as_second()).map_err(|e| PkiError::Time(e.to_string()))
+    time::OffsetDateTime::from_unix_timestamp(ts.as_second())
+        .map_err(|e| PkiError::Time(e.to_string()))
 }
 
 pub(crate) fn from_asn1(t: x509_parser::time::ASN1Time) -> jiff::Timestamp {
@@ -96,7 +100,10 @@ mod tests {
     fn malformed_pem_never_panics() {
         // Truncated input yields no certificate (or an error); never a panic.
         assert!(parse_pem_certs(b"-----BEGIN CERTIFICATE-----\nAAAA").is_ok_and(|c| c.is_empty()));
-        assert!(parse_pem_certs(b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n").is_err());
+        assert!(
+            parse_pem_certs(b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n")
+                .is_err()
+        );
         assert!(parse_pem_certs(b"").unwrap().is_empty());
     }
 }

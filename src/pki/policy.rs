@@ -56,9 +56,13 @@ impl ReissueReason {
             Self::DataMissing(key) => format!("the Secret has no {key}"),
             Self::Unparseable(key, why) => format!("the Secret's {key} cannot be parsed: {why}"),
             Self::KeyMismatch => "the Secret's tls.key does not match its tls.crt".into(),
-            Self::UntrustedIssuer => "the certificate was not issued by a CA in the current trust bundle".into(),
+            Self::UntrustedIssuer => {
+                "the certificate was not issued by a CA in the current trust bundle".into()
+            }
             Self::SpecChanged(what) => format!("the spec changed: {what}"),
-            Self::ManualRequest(v) => format!("renewal requested by annotation tlsid.dev/renew={v}"),
+            Self::ManualRequest(v) => {
+                format!("renewal requested by annotation tlsid.dev/renew={v}")
+            }
             Self::Expired(t) => format!("the certificate expired at {t}"),
             Self::RenewalDue(t) => format!("the renewal time {t} was reached"),
         }
@@ -66,7 +70,10 @@ impl ReissueReason {
 
     /// A routine renewal rather than a first issuance or a repair.
     pub fn is_renewal(&self) -> bool {
-        matches!(self, Self::RenewalDue(_) | Self::Expired(_) | Self::ManualRequest(_))
+        matches!(
+            self,
+            Self::RenewalDue(_) | Self::Expired(_) | Self::ManualRequest(_)
+        )
     }
 }
 
@@ -95,18 +102,27 @@ const CHECKS: &[Check] = &[
 ];
 
 /// `Ok((info, renewal_time))` when the stored certificate is good; otherwise why to re-issue.
-pub fn should_reissue(input: &PolicyInput<'_>) -> Result<(CertificateInfo, jiff::Timestamp), ReissueReason> {
+pub fn should_reissue(
+    input: &PolicyInput<'_>,
+) -> Result<(CertificateInfo, jiff::Timestamp), ReissueReason> {
     let data = input.secret.as_ref().ok_or(ReissueReason::SecretMissing)?;
     let info = inspect(data, input.ca)?;
     if let Some(reason) = CHECKS.iter().find_map(|check| check(input, &info)) {
         return Err(reason);
     }
-    let renew_at = renewal_time(info.not_before, info.not_after, input.request.renew, input.seed);
+    let renew_at = renewal_time(
+        info.not_before,
+        info.not_after,
+        input.request.renew,
+        input.seed,
+    );
     Ok((info, renew_at))
 }
 
 fn untrusted_issuer(_: &PolicyInput<'_>, info: &CertificateInfo) -> Option<ReissueReason> {
-    info.issuer_fingerprint.is_none().then_some(ReissueReason::UntrustedIssuer)
+    info.issuer_fingerprint
+        .is_none()
+        .then_some(ReissueReason::UntrustedIssuer)
 }
 
 fn names_changed(input: &PolicyInput<'_>, info: &CertificateInfo) -> Option<ReissueReason> {
@@ -141,14 +157,16 @@ fn lifetime_changed(input: &PolicyInput<'_>, info: &CertificateInfo) -> Option<R
     if info.not_after >= input.ca.not_after() {
         return None;
     }
-    let actual = info.not_after.as_second() - info.not_before.as_second() - BACKDATE.as_secs() as i64;
+    let actual =
+        info.not_after.as_second() - info.not_before.as_second() - BACKDATE.as_secs() as i64;
     let want = i64::try_from(input.request.duration.as_secs()).unwrap_or(i64::MAX);
     ((actual - want).abs() > 2).then(|| ReissueReason::SpecChanged("duration".into()))
 }
 
 fn manual_request(input: &PolicyInput<'_>, _: &CertificateInfo) -> Option<ReissueReason> {
     let requested = input.renew_requested.filter(|v| !v.is_empty())?;
-    (Some(requested) != input.renew_handled).then(|| ReissueReason::ManualRequest(requested.to_string()))
+    (Some(requested) != input.renew_handled)
+        .then(|| ReissueReason::ManualRequest(requested.to_string()))
 }
 
 fn expired(input: &PolicyInput<'_>, info: &CertificateInfo) -> Option<ReissueReason> {
@@ -156,7 +174,12 @@ fn expired(input: &PolicyInput<'_>, info: &CertificateInfo) -> Option<ReissueRea
 }
 
 fn renewal_due(input: &PolicyInput<'_>, info: &CertificateInfo) -> Option<ReissueReason> {
-    let at = renewal_time(info.not_before, info.not_after, input.request.renew, input.seed);
+    let at = renewal_time(
+        info.not_before,
+        info.not_after,
+        input.request.renew,
+        input.seed,
+    );
     (input.now >= at).then_some(ReissueReason::RenewalDue(at))
 }
 
@@ -203,7 +226,11 @@ mod tests {
         renew: (Option<&str>, Option<&str>),
     ) -> Result<jiff::Timestamp, ReissueReason> {
         let input = PolicyInput {
-            secret: Some(SecretData { tls_crt: crt, tls_key: key, ca_crt: None }),
+            secret: Some(SecretData {
+                tls_crt: crt,
+                tls_key: key,
+                ca_crt: None,
+            }),
             request: req,
             ca: &w.ca,
             now: at,
@@ -221,7 +248,10 @@ mod tests {
         let renew_at = check(&w, &w.req, Some(crt), Some(key), now(), (None, None)).unwrap();
         // Lifetime 1h + 30s backdate = 3630s; renew when 33% (1197s) remains, minus up to 72s jitter.
         let base = now() + jiff::SignedDuration::from_secs(3600 - 1197);
-        assert!(renew_at <= base && renew_at >= base - jiff::SignedDuration::from_secs(72), "{renew_at}");
+        assert!(
+            renew_at <= base && renew_at >= base - jiff::SignedDuration::from_secs(72),
+            "{renew_at}"
+        );
         assert_eq!(
             check(&w, &w.req, Some(crt), Some(key), renew_at, (None, None)),
             Err(ReissueReason::RenewalDue(renew_at))
@@ -239,24 +269,165 @@ mod tests {
             IssuanceRequest::from_spec(&s).unwrap()
         };
         let later = now() + jiff::SignedDuration::from_hours(2);
-        type Case<'a> = (&'a str, IssuanceRequest, Option<&'a [u8]>, Option<&'a [u8]>, jiff::Timestamp, (Option<&'a str>, Option<&'a str>), &'a str);
+        type Case<'a> = (
+            &'a str,
+            IssuanceRequest,
+            Option<&'a [u8]>,
+            Option<&'a [u8]>,
+            jiff::Timestamp,
+            (Option<&'a str>, Option<&'a str>),
+            &'a str,
+        );
         let cases: Vec<Case<'_>> = vec![
-            ("no tls.crt", w.req.clone(), None, Some(key), now(), (None, None), "SecretDataMissing"),
-            ("no tls.key", w.req.clone(), Some(crt), Some(b""), now(), (None, None), "SecretDataMissing"),
-            ("garbage crt", w.req.clone(), Some(b"not pem"), Some(key), now(), (None, None), "SecretDataInvalid"),
-            ("bad pem", w.req.clone(), Some(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), Some(key), now(), (None, None), "SecretDataInvalid"),
-            ("garbage key", w.req.clone(), Some(crt), Some(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), now(), (None, None), "SecretDataInvalid"),
-            ("other key", w.req.clone(), Some(crt), Some(other.cert.key_pem.as_bytes()), now(), (None, None), "KeyMismatch"),
-            ("other CA", w.req.clone(), Some(other.cert.chain_pem.as_bytes()), Some(other.cert.key_pem.as_bytes()), now(), (None, None), "IssuerChanged"),
-            ("dns changed", with(|s| s.dns_names.push("api.default.svc".into())), Some(crt), Some(key), now(), (None, None), "SpecChanged"),
-            ("ip added", with(|s| s.ip_addresses.push("10.0.0.9".into())), Some(crt), Some(key), now(), (None, None), "SpecChanged"),
-            ("uri added", with(|s| s.uris.push("spiffe://x/y".into())), Some(crt), Some(key), now(), (None, None), "SpecChanged"),
-            ("usages", with(|s| s.usages = Some(vec![Usage::Server])), Some(crt), Some(key), now(), (None, None), "SpecChanged"),
-            ("key algorithm", with(|s| s.private_key = Some(PrivateKeySpec { algorithm: KeyAlgorithm::Ed25519, size: None })), Some(crt), Some(key), now(), (None, None), "SpecChanged"),
-            ("duration", with(|s| s.duration = Some("2h".parse().unwrap())), Some(crt), Some(key), now(), (None, None), "SpecChanged"),
-            ("manual", w.req.clone(), Some(crt), Some(key), now(), (Some("1"), None), "ManuallyTriggered"),
-            ("manual again", w.req.clone(), Some(crt), Some(key), now(), (Some("2"), Some("1")), "ManuallyTriggered"),
-            ("expired", w.req.clone(), Some(crt), Some(key), later, (None, None), "Expired"),
+            (
+                "no tls.crt",
+                w.req.clone(),
+                None,
+                Some(key),
+                now(),
+                (None, None),
+                "SecretDataMissing",
+            ),
+            (
+                "no tls.key",
+                w.req.clone(),
+                Some(crt),
+                Some(b""),
+                now(),
+                (None, None),
+                "SecretDataMissing",
+            ),
+            (
+                "garbage crt",
+                w.req.clone(),
+                Some(b"not pem"),
+                Some(key),
+                now(),
+                (None, None),
+                "SecretDataInvalid",
+            ),
+            (
+                "bad pem",
+                w.req.clone(),
+                Some(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+                Some(key),
+                now(),
+                (None, None),
+                "SecretDataInvalid",
+            ),
+            (
+                "garbage key",
+                w.req.clone(),
+                Some(crt),
+                Some(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
+                now(),
+                (None, None),
+                "SecretDataInvalid",
+            ),
+            (
+                "other key",
+                w.req.clone(),
+                Some(crt),
+                Some(other.cert.key_pem.as_bytes()),
+                now(),
+                (None, None),
+                "KeyMismatch",
+            ),
+            (
+                "other CA",
+                w.req.clone(),
+                Some(other.cert.chain_pem.as_bytes()),
+                Some(other.cert.key_pem.as_bytes()),
+                now(),
+                (None, None),
+                "IssuerChanged",
+            ),
+            (
+                "dns changed",
+                with(|s| s.dns_names.push("api.default.svc".into())),
+                Some(crt),
+                Some(key),
+                now(),
+                (None, None),
+                "SpecChanged",
+            ),
+            (
+                "ip added",
+                with(|s| s.ip_addresses.push("10.0.0.9".into())),
+                Some(crt),
+                Some(key),
+                now(),
+                (None, None),
+                "SpecChanged",
+            ),
+            (
+                "uri added",
+                with(|s| s.uris.push("spiffe://x/y".into())),
+                Some(crt),
+                Some(key),
+                now(),
+                (None, None),
+                "SpecChanged",
+            ),
+            (
+                "usages",
+                with(|s| s.usages = Some(vec![Usage::Server])),
+                Some(crt),
+                Some(key),
+                now(),
+                (None, None),
+                "SpecChanged",
+            ),
+            (
+                "key algorithm",
+                with(|s| {
+                    s.private_key = Some(PrivateKeySpec {
+                        algorithm: KeyAlgorithm::Ed25519,
+                        size: None,
+                    })
+                }),
+                Some(crt),
+                Some(key),
+                now(),
+                (None, None),
+                "SpecChanged",
+            ),
+            (
+                "duration",
+                with(|s| s.duration = Some("2h".parse().unwrap())),
+                Some(crt),
+                Some(key),
+                now(),
+                (None, None),
+                "SpecChanged",
+            ),
+            (
+                "manual",
+                w.req.clone(),
+                Some(crt),
+                Some(key),
+                now(),
+                (Some("1"), None),
+                "ManuallyTriggered",
+            ),
+            (
+                "manual again",
+                w.req.clone(),
+                Some(crt),
+                Some(key),
+                now(),
+                (Some("2"), Some("1")),
+                "ManuallyTriggered",
+            ),
+            (
+                "expired",
+                w.req.clone(),
+                Some(crt),
+                Some(key),
+                later,
+                (None, None),
+                "Expired",
+            ),
         ];
         for (name, req, c, k, at, renew, want) in cases {
             let got = check(&w, &req, c, k, at, renew).expect_err(name);
@@ -264,9 +435,22 @@ mod tests {
             assert!(!got.message().contains("PRIVATE KEY"), "{name}");
         }
         // Handled manual request and unchanged renewBefore: nothing to do.
-        assert!(check(&w, &w.req, Some(crt), Some(key), now(), (Some("1"), Some("1"))).is_ok());
+        assert!(
+            check(
+                &w,
+                &w.req,
+                Some(crt),
+                Some(key),
+                now(),
+                (Some("1"), Some("1"))
+            )
+            .is_ok()
+        );
         let rb = with(|s| s.renew_before = Some("5m".parse().unwrap()));
-        assert!(check(&w, &rb, Some(crt), Some(key), now(), (None, None)).is_ok(), "renewBefore alone does not re-issue");
+        assert!(
+            check(&w, &rb, Some(crt), Some(key), now(), (None, None)).is_ok(),
+            "renewBefore alone does not re-issue"
+        );
     }
 
     #[test]
@@ -281,7 +465,10 @@ mod tests {
             renew_requested: None,
             renew_handled: None,
         };
-        assert_eq!(should_reissue(&input).unwrap_err(), ReissueReason::SecretMissing);
+        assert_eq!(
+            should_reissue(&input).unwrap_err(),
+            ReissueReason::SecretMissing
+        );
     }
 
     #[test]
@@ -294,15 +481,32 @@ mod tests {
             (KeyAlgorithm::Rsa, Some(2048)),
             (KeyAlgorithm::Rsa, Some(3072)),
         ] {
-            let s = TlsIdentitySpec { private_key: Some(PrivateKeySpec { algorithm: alg, size }), ..spec() };
+            let s = TlsIdentitySpec {
+                private_key: Some(PrivateKeySpec {
+                    algorithm: alg,
+                    size,
+                }),
+                ..spec()
+            };
             let req = IssuanceRequest::from_spec(&s).unwrap();
             let cert = issue(&req, &ca, now()).unwrap();
-            assert!(cert.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{alg:?}: PKCS#8");
+            assert!(
+                cert.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),
+                "{alg:?}: PKCS#8"
+            );
             if alg == KeyAlgorithm::Ed25519 {
                 let der = pem::parse(&cert.key_pem).unwrap().into_contents();
-                assert_eq!((der.len(), der[4]), (48, 0), "Ed25519 keys are PKCS#8 v1, which OpenSSL 3.0 reads");
+                assert_eq!(
+                    (der.len(), der[4]),
+                    (48, 0),
+                    "Ed25519 keys are PKCS#8 v1, which OpenSSL 3.0 reads"
+                );
             }
-            let data = SecretData { tls_crt: Some(cert.chain_pem.as_bytes()), tls_key: Some(cert.key_pem.as_bytes()), ca_crt: None };
+            let data = SecretData {
+                tls_crt: Some(cert.chain_pem.as_bytes()),
+                tls_key: Some(cert.key_pem.as_bytes()),
+                ca_crt: None,
+            };
             let info = inspect(&data, &ca).unwrap();
             assert_eq!(info.key, Some(req.key), "{alg:?}");
             assert_eq!(info.issuer_fingerprint.as_deref(), Some(ca.fingerprint()));

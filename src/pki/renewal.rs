@@ -25,8 +25,14 @@ pub fn renewal_time(
     let two_thirds = not_before.as_second() + lifetime * 2 / 3;
     let base = match policy {
         RenewPolicy::Before(d) => {
-            let t = not_after.as_second().saturating_sub(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-            if t > not_before.as_second() { t } else { two_thirds }
+            let t = not_after
+                .as_second()
+                .saturating_sub(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            if t > not_before.as_second() {
+                t
+            } else {
+                two_thirds
+            }
         }
         RenewPolicy::Percentage(p) => not_after.as_second() - lifetime * i64::from(p.min(99)) / 100,
     };
@@ -57,16 +63,27 @@ mod tests {
         let na = ts("2026-01-01T03:00:00Z"); // 3h lifetime: jitter up to 2% = 216s
         let cases = [
             (RenewPolicy::Percentage(33), "2026-01-01T02:00:36Z", 216),
-            (RenewPolicy::Before(Duration::from_secs(1800)), "2026-01-01T02:30:00Z", 216),
+            (
+                RenewPolicy::Before(Duration::from_secs(1800)),
+                "2026-01-01T02:30:00Z",
+                216,
+            ),
             // renewBefore longer than the actual lifetime: fall back to 2/3.
-            (RenewPolicy::Before(Duration::from_secs(4 * 3600)), "2026-01-01T02:00:00Z", 216),
+            (
+                RenewPolicy::Before(Duration::from_secs(4 * 3600)),
+                "2026-01-01T02:00:00Z",
+                216,
+            ),
             (RenewPolicy::Percentage(99), "2026-01-01T00:01:48Z", 108),
         ];
         for (policy, base, window) in cases {
             let got = renewal_time(nb, na, policy, "uid-1");
             let base = ts(base);
             let early = base.as_second() - got.as_second();
-            assert!((0..=window).contains(&early), "{policy:?}: {got} vs base {base}");
+            assert!(
+                (0..=window).contains(&early),
+                "{policy:?}: {got} vs base {base}"
+            );
             assert!(got >= nb);
         }
     }
@@ -77,9 +94,15 @@ mod tests {
         let na = ts("2026-01-02T00:00:00Z");
         let base = na.as_second() - 28512; // 33% of 86400s before notAfter
         let times: std::collections::BTreeSet<i64> = (0..50)
-            .map(|i| renewal_time(nb, na, RenewPolicy::Percentage(33), &format!("uid-{i}")).as_second())
+            .map(|i| {
+                renewal_time(nb, na, RenewPolicy::Percentage(33), &format!("uid-{i}")).as_second()
+            })
             .collect();
-        assert!(times.len() > 20, "jitter should spread renewals: {}", times.len());
+        assert!(
+            times.len() > 20,
+            "jitter should spread renewals: {}",
+            times.len()
+        );
         for t in &times {
             assert!(*t <= base && *t >= base - 300, "{t} vs {base}");
         }
@@ -94,6 +117,14 @@ mod tests {
         let t = ts("2026-01-01T00:00:00Z");
         assert_eq!(renewal_time(t, t, RenewPolicy::Percentage(33), "x"), t);
         let earlier = ts("2025-01-01T00:00:00Z");
-        assert_eq!(renewal_time(t, earlier, RenewPolicy::Before(Duration::from_secs(u64::MAX)), "x"), t);
+        assert_eq!(
+            renewal_time(
+                t,
+                earlier,
+                RenewPolicy::Before(Duration::from_secs(u64::MAX)),
+                "x"
+            ),
+            t
+        );
     }
 }

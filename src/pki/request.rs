@@ -61,7 +61,9 @@ impl IssuanceRequest {
     pub fn from_spec(spec: &TlsIdentitySpec) -> Result<Self, InvalidSpec> {
         let common_name = spec.common_name.clone().filter(|cn| !cn.is_empty());
         if common_name.as_ref().is_some_and(|cn| cn.len() > 64) {
-            return Err(InvalidSpec("commonName is longer than 64 characters".into()));
+            return Err(InvalidSpec(
+                "commonName is longer than 64 characters".into(),
+            ));
         }
         let mut dns_names = BTreeSet::new();
         for name in &spec.dns_names {
@@ -80,7 +82,11 @@ impl IssuanceRequest {
             check_uri(uri)?;
             uris.insert(uri.clone());
         }
-        if common_name.is_none() && dns_names.is_empty() && ip_addresses.is_empty() && uris.is_empty() {
+        if common_name.is_none()
+            && dns_names.is_empty()
+            && ip_addresses.is_empty()
+            && uris.is_empty()
+        {
             return Err(InvalidSpec(
                 "at least one of commonName, dnsNames, ipAddresses or uris must be set".into(),
             ));
@@ -107,11 +113,15 @@ impl IssuanceRequest {
         };
         let duration = match &spec.duration {
             None => Duration::from_secs(DEFAULT_DURATION_SECS),
-            Some(d) if d.is_negative() => return Err(InvalidSpec("duration must be positive".into())),
+            Some(d) if d.is_negative() => {
+                return Err(InvalidSpec("duration must be positive".into()));
+            }
             Some(d) => Duration::from(*d),
         };
         if duration < Duration::from_secs(MIN_DURATION_SECS) {
-            return Err(InvalidSpec(format!("duration must be at least {MIN_DURATION_SECS}s")));
+            return Err(InvalidSpec(format!(
+                "duration must be at least {MIN_DURATION_SECS}s"
+            )));
         }
         // Ten years is far beyond any sensible workload certificate and keeps time arithmetic safe.
         if duration > Duration::from_secs(10 * 366 * 24 * 3600) {
@@ -126,17 +136,30 @@ impl IssuanceRequest {
             (Some(rb), None) => {
                 let rb = Duration::from(*rb);
                 if rb >= duration {
-                    return Err(InvalidSpec("renewBefore must be shorter than duration".into()));
+                    return Err(InvalidSpec(
+                        "renewBefore must be shorter than duration".into(),
+                    ));
                 }
                 RenewPolicy::Before(rb)
             }
             (None, Some(p)) if (1..=99).contains(&p) => RenewPolicy::Percentage(p),
             (None, Some(p)) => {
-                return Err(InvalidSpec(format!("renewBeforePercentage {p} is not within 1-99")));
+                return Err(InvalidSpec(format!(
+                    "renewBeforePercentage {p} is not within 1-99"
+                )));
             }
             (None, None) => RenewPolicy::default(),
         };
-        Ok(Self { common_name, dns_names, ip_addresses, uris, usages, key, duration, renew })
+        Ok(Self {
+            common_name,
+            dns_names,
+            ip_addresses,
+            uris,
+            usages,
+            key,
+            duration,
+            renew,
+        })
     }
 }
 
@@ -149,7 +172,9 @@ fn check_dns_name(name: &str) -> Result<(), InvalidSpec> {
     for label in body.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
@@ -162,8 +187,13 @@ fn check_dns_name(name: &str) -> Result<(), InvalidSpec> {
 fn check_uri(uri: &str) -> Result<(), InvalidSpec> {
     let valid_scheme = uri.split_once("://").is_some_and(|(scheme, rest)| {
         !scheme.is_empty()
-            && scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            && scheme
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
             && !rest.is_empty()
     });
     if !valid_scheme || !uri.is_ascii() || uri.chars().any(|c| c.is_ascii_whitespace()) {
@@ -178,7 +208,10 @@ mod tests {
     use crate::api::PrivateKeySpec;
 
     fn spec() -> TlsIdentitySpec {
-        TlsIdentitySpec { dns_names: vec!["web.default.svc".into()], ..Default::default() }
+        TlsIdentitySpec {
+            dns_names: vec!["web.default.svc".into()],
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -194,12 +227,48 @@ mod tests {
     fn rejects_what_slips_past_the_schema() {
         let cases: Vec<(TlsIdentitySpec, &str)> = vec![
             (TlsIdentitySpec::default(), "at least one of"),
-            (TlsIdentitySpec { dns_names: vec!["Bad_Name".into()], ..spec() }, "RFC 1123"),
-            (TlsIdentitySpec { dns_names: vec!["a..b".into()], ..spec() }, "RFC 1123"),
-            (TlsIdentitySpec { ip_addresses: vec!["300.1.1.1".into()], ..spec() }, "not an IP"),
-            (TlsIdentitySpec { uris: vec!["no-scheme".into()], ..spec() }, "absolute URI"),
-            (TlsIdentitySpec { usages: Some(vec![]), ..spec() }, "usages"),
-            (TlsIdentitySpec { duration: Some("30s".parse().unwrap()), ..spec() }, "at least 60s"),
+            (
+                TlsIdentitySpec {
+                    dns_names: vec!["Bad_Name".into()],
+                    ..spec()
+                },
+                "RFC 1123",
+            ),
+            (
+                TlsIdentitySpec {
+                    dns_names: vec!["a..b".into()],
+                    ..spec()
+                },
+                "RFC 1123",
+            ),
+            (
+                TlsIdentitySpec {
+                    ip_addresses: vec!["300.1.1.1".into()],
+                    ..spec()
+                },
+                "not an IP",
+            ),
+            (
+                TlsIdentitySpec {
+                    uris: vec!["no-scheme".into()],
+                    ..spec()
+                },
+                "absolute URI",
+            ),
+            (
+                TlsIdentitySpec {
+                    usages: Some(vec![]),
+                    ..spec()
+                },
+                "usages",
+            ),
+            (
+                TlsIdentitySpec {
+                    duration: Some("30s".parse().unwrap()),
+                    ..spec()
+                },
+                "at least 60s",
+            ),
             (
                 TlsIdentitySpec {
                     duration: Some("1h".parse().unwrap()),
@@ -208,17 +277,29 @@ mod tests {
                 },
                 "shorter than duration",
             ),
-            (TlsIdentitySpec { renew_before_percentage: Some(100), ..spec() }, "1-99"),
             (
                 TlsIdentitySpec {
-                    private_key: Some(PrivateKeySpec { algorithm: KeyAlgorithm::Rsa, size: Some(1024) }),
+                    renew_before_percentage: Some(100),
+                    ..spec()
+                },
+                "1-99",
+            ),
+            (
+                TlsIdentitySpec {
+                    private_key: Some(PrivateKeySpec {
+                        algorithm: KeyAlgorithm::Rsa,
+                        size: Some(1024),
+                    }),
                     ..spec()
                 },
                 "size 1024",
             ),
             (
                 TlsIdentitySpec {
-                    private_key: Some(PrivateKeySpec { algorithm: KeyAlgorithm::Ed25519, size: Some(256) }),
+                    private_key: Some(PrivateKeySpec {
+                        algorithm: KeyAlgorithm::Ed25519,
+                        size: Some(256),
+                    }),
                     ..spec()
                 },
                 "size 256",
@@ -237,7 +318,10 @@ mod tests {
             ip_addresses: vec!["10.0.0.1".into(), "fd00::1".into()],
             uris: vec!["spiffe://cluster.local/ns/default/sa/web".into()],
             usages: Some(vec![Usage::Client]),
-            private_key: Some(PrivateKeySpec { algorithm: KeyAlgorithm::Rsa, size: Some(3072) }),
+            private_key: Some(PrivateKeySpec {
+                algorithm: KeyAlgorithm::Rsa,
+                size: Some(3072),
+            }),
             renew_before: Some("1h".parse().unwrap()),
             ..Default::default()
         };

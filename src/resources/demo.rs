@@ -7,11 +7,15 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
-            Capabilities, Container, ContainerPort, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-            SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+            Capabilities, Container, ContainerPort, HTTPGetAction, PodSecurityContext, PodSpec,
+            PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+            ServicePort, ServiceSpec, Volume, VolumeMount,
         },
     },
-    apimachinery::pkg::{apis::meta::v1::{LabelSelector, ObjectMeta}, util::intstr::IntOrString},
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
 };
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
@@ -43,7 +47,10 @@ pub fn server_target(server: &TlsIdentity, port: i32) -> Option<ServerTarget> {
         .find(|n| **n == svc || n.starts_with(&format!("{svc}.")))
         .or_else(|| server.spec.dns_names.first())?
         .clone();
-    Some(ServerTarget { address: format!("{svc}.cluster.local:{port}"), server_name })
+    Some(ServerTarget {
+        address: format!("{svc}.cluster.local:{port}"),
+        server_name,
+    })
 }
 
 pub fn demo_name(identity: &TlsIdentity) -> String {
@@ -75,27 +82,60 @@ fn meta(identity: &TlsIdentity, name: String, role: DemoRole) -> ObjectMeta {
 }
 
 /// The Deployment. `target` is required for clients.
-pub fn desired_deployment(identity: &TlsIdentity, demo: &DemoSpec, image: &str, target: Option<&ServerTarget>) -> Deployment {
+pub fn desired_deployment(
+    identity: &TlsIdentity,
+    demo: &DemoSpec,
+    image: &str,
+    target: Option<&ServerTarget>,
+) -> Deployment {
     let port = demo.port.unwrap_or(DEFAULT_PORT);
     let mut args: Vec<String> = vec!["demo".into()];
     match demo.role {
         DemoRole::Server => {
-            args.extend(["server".into(), "--listen".into(), format!("0.0.0.0:{port}")]);
+            args.extend([
+                "server".into(),
+                "--listen".into(),
+                format!("0.0.0.0:{port}"),
+            ]);
         }
         DemoRole::Client => {
             args.push("client".into());
             if let Some(t) = target {
-                args.extend(["--connect".into(), t.address.clone(), "--server-name".into(), t.server_name.clone()]);
+                args.extend([
+                    "--connect".into(),
+                    t.address.clone(),
+                    "--server-name".into(),
+                    t.server_name.clone(),
+                ]);
             }
-            let interval = demo.interval.map(std::time::Duration::from).unwrap_or(std::time::Duration::from_secs(2));
+            let interval = demo
+                .interval
+                .map(std::time::Duration::from)
+                .unwrap_or(std::time::Duration::from_secs(2));
             args.extend(["--interval".into(), format!("{}ms", interval.as_millis())]);
         }
     }
-    args.extend(["--cert-dir".into(), CERT_DIR.into(), "--metrics-listen".into(), format!("0.0.0.0:{METRICS_PORT}")]);
+    args.extend([
+        "--cert-dir".into(),
+        CERT_DIR.into(),
+        "--metrics-listen".into(),
+        format!("0.0.0.0:{METRICS_PORT}"),
+    ]);
 
-    let mut ports = vec![ContainerPort { name: Some("metrics".into()), container_port: METRICS_PORT, ..Default::default() }];
+    let mut ports = vec![ContainerPort {
+        name: Some("metrics".into()),
+        container_port: METRICS_PORT,
+        ..Default::default()
+    }];
     if demo.role == DemoRole::Server {
-        ports.insert(0, ContainerPort { name: Some("mtls".into()), container_port: port, ..Default::default() });
+        ports.insert(
+            0,
+            ContainerPort {
+                name: Some("mtls".into()),
+                container_port: port,
+                ..Default::default()
+            },
+        );
     }
     let selector = labels(identity, demo.role);
     let container = Container {
@@ -116,7 +156,11 @@ pub fn desired_deployment(identity: &TlsIdentity, demo: &DemoSpec, image: &str, 
             ..Default::default()
         }]),
         readiness_probe: Some(Probe {
-            http_get: Some(HTTPGetAction { path: Some("/readyz".into()), port: IntOrString::String("metrics".into()), ..Default::default() }),
+            http_get: Some(HTTPGetAction {
+                path: Some("/readyz".into()),
+                port: IntOrString::String("metrics".into()),
+                ..Default::default()
+            }),
             period_seconds: Some(2),
             ..Default::default()
         }),
@@ -124,7 +168,10 @@ pub fn desired_deployment(identity: &TlsIdentity, demo: &DemoSpec, image: &str, 
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -133,9 +180,15 @@ pub fn desired_deployment(identity: &TlsIdentity, demo: &DemoSpec, image: &str, 
         metadata: meta(identity, demo_name(identity), demo.role),
         spec: Some(DeploymentSpec {
             replicas: Some(demo.replicas.unwrap_or(1)),
-            selector: LabelSelector { match_labels: Some(selector.clone()), ..Default::default() },
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..Default::default()
+            },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(selector), ..Default::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(selector),
+                    ..Default::default()
+                }),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     automount_service_account_token: Some(false),
@@ -144,12 +197,18 @@ pub fn desired_deployment(identity: &TlsIdentity, demo: &DemoSpec, image: &str, 
                         run_as_non_root: Some(true),
                         run_as_user: Some(65532),
                         run_as_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     }),
                     volumes: Some(vec![Volume {
                         name: "tls".into(),
-                        secret: Some(SecretVolumeSource { secret_name: Some(identity.secret_name()), ..Default::default() }),
+                        secret: Some(SecretVolumeSource {
+                            secret_name: Some(identity.secret_name()),
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     }]),
                     ..Default::default()
@@ -171,8 +230,18 @@ pub fn desired_service(identity: &TlsIdentity, demo: &DemoSpec) -> Service {
         spec: Some(ServiceSpec {
             selector: Some(labels(identity, DemoRole::Server)),
             ports: Some(vec![
-                ServicePort { name: Some("mtls".into()), port, target_port: Some(IntOrString::String("mtls".into())), ..Default::default() },
-                ServicePort { name: Some("metrics".into()), port: METRICS_PORT, target_port: Some(IntOrString::String("metrics".into())), ..Default::default() },
+                ServicePort {
+                    name: Some("mtls".into()),
+                    port,
+                    target_port: Some(IntOrString::String("mtls".into())),
+                    ..Default::default()
+                },
+                ServicePort {
+                    name: Some("metrics".into()),
+                    port: METRICS_PORT,
+                    target_port: Some(IntOrString::String("metrics".into())),
+                    ..Default::default()
+                },
             ]),
             ..Default::default()
         }),
@@ -185,12 +254,21 @@ pub fn desired_service(identity: &TlsIdentity, demo: &DemoSpec) -> Service {
 /// Record the hash of the desired object in an annotation.
 fn stamp<K: Resource + serde::Serialize>(obj: &mut K) {
     let hash = hex::encode(&Sha256::digest(serde_json::to_vec(&*obj).unwrap_or_default())[..12]);
-    obj.meta_mut().annotations.get_or_insert_with(Default::default).insert(SPEC_HASH_ANNOTATION.into(), hash);
+    obj.meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(SPEC_HASH_ANNOTATION.into(), hash);
 }
 
 /// Whether the live object still carries what we would apply now.
 pub fn up_to_date<K: Resource>(live: &K, desired: &K) -> bool {
-    let get = |o: &K| o.meta().annotations.as_ref().and_then(|a| a.get(SPEC_HASH_ANNOTATION)).cloned();
+    let get = |o: &K| {
+        o.meta()
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SPEC_HASH_ANNOTATION))
+            .cloned()
+    };
     get(live).is_some() && get(live) == get(desired)
 }
 
@@ -202,7 +280,11 @@ mod tests {
     fn id(name: &str, dns: &[&str], demo: DemoSpec) -> TlsIdentity {
         let mut i = TlsIdentity::new(
             name,
-            TlsIdentitySpec { dns_names: dns.iter().map(|s| s.to_string()).collect(), demo: Some(demo), ..Default::default() },
+            TlsIdentitySpec {
+                dns_names: dns.iter().map(|s| s.to_string()).collect(),
+                demo: Some(demo),
+                ..Default::default()
+            },
         );
         i.metadata.namespace = Some("shop".into());
         i.metadata.uid = Some(format!("uid-{name}"));
@@ -211,48 +293,115 @@ mod tests {
 
     #[test]
     fn server_deployment_is_locked_down_and_mounts_the_secret() {
-        let demo = DemoSpec { role: DemoRole::Server, port: Some(9443), ..Default::default() };
+        let demo = DemoSpec {
+            role: DemoRole::Server,
+            port: Some(9443),
+            ..Default::default()
+        };
         let server = id("orders", &["orders.shop.svc"], demo.clone());
         let d = desired_deployment(&server, &demo, "docker.io/library/tlsid:dev", None);
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let c = &pod.containers[0];
-        assert_eq!(c.args.as_ref().unwrap()[..4], ["demo", "server", "--listen", "0.0.0.0:9443"]);
+        assert_eq!(
+            c.args.as_ref().unwrap()[..4],
+            ["demo", "server", "--listen", "0.0.0.0:9443"]
+        );
         let mount = &c.volume_mounts.as_ref().unwrap()[0];
-        assert_eq!((mount.mount_path.as_str(), mount.sub_path.as_deref()), (CERT_DIR, None), "never subPath");
-        assert_eq!(pod.volumes.as_ref().unwrap()[0].secret.as_ref().unwrap().secret_name.as_deref(), Some("orders-tls"));
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.sub_path.as_deref()),
+            (CERT_DIR, None),
+            "never subPath"
+        );
+        assert_eq!(
+            pod.volumes.as_ref().unwrap()[0]
+                .secret
+                .as_ref()
+                .unwrap()
+                .secret_name
+                .as_deref(),
+            Some("orders-tls")
+        );
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
-        assert_eq!(pod.security_context.as_ref().unwrap().seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+        assert_eq!(
+            pod.security_context
+                .as_ref()
+                .unwrap()
+                .seccomp_profile
+                .as_ref()
+                .unwrap()
+                .type_,
+            "RuntimeDefault"
+        );
         assert!(c.readiness_probe.is_some());
-        assert_eq!(d.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-orders");
+        assert_eq!(
+            d.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "uid-orders"
+        );
         let svc = desired_service(&server, &demo);
         assert_eq!(svc.metadata.name.as_deref(), Some("orders"));
-        assert_eq!(svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 9443);
+        assert_eq!(
+            svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
+            9443
+        );
     }
 
     #[test]
     fn client_targets_the_server_service_and_its_san() {
-        let sdemo = DemoSpec { role: DemoRole::Server, ..Default::default() };
-        let server = id("orders", &["orders.example.com", "orders.shop.svc.cluster.local"], sdemo);
+        let sdemo = DemoSpec {
+            role: DemoRole::Server,
+            ..Default::default()
+        };
+        let server = id(
+            "orders",
+            &["orders.example.com", "orders.shop.svc.cluster.local"],
+            sdemo,
+        );
         let t = server_target(&server, 8443).unwrap();
         assert_eq!(t.address, "orders.shop.svc.cluster.local:8443");
-        assert_eq!(t.server_name, "orders.shop.svc.cluster.local", "the SAN naming the Service wins");
-        let cdemo = DemoSpec { role: DemoRole::Client, server: Some("orders".into()), interval: Some("500ms".parse().unwrap()), ..Default::default() };
+        assert_eq!(
+            t.server_name, "orders.shop.svc.cluster.local",
+            "the SAN naming the Service wins"
+        );
+        let cdemo = DemoSpec {
+            role: DemoRole::Client,
+            server: Some("orders".into()),
+            interval: Some("500ms".parse().unwrap()),
+            ..Default::default()
+        };
         let client = id("billing", &["billing.shop.svc"], cdemo.clone());
         let d = desired_deployment(&client, &cdemo, "img", Some(&t));
-        let args = d.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
-        assert!(args.windows(2).any(|w| w == ["--connect", "orders.shop.svc.cluster.local:8443"]));
+        let args = d.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--connect", "orders.shop.svc.cluster.local:8443"])
+        );
         assert!(args.windows(2).any(|w| w == ["--interval", "500ms"]));
     }
 
     #[test]
     fn hash_tracks_changes() {
-        let demo = DemoSpec { role: DemoRole::Server, ..Default::default() };
+        let demo = DemoSpec {
+            role: DemoRole::Server,
+            ..Default::default()
+        };
         let server = id("orders", &["orders.shop.svc"], demo.clone());
         let a = desired_deployment(&server, &demo, "img:1", None);
-        assert!(up_to_date(&a, &desired_deployment(&server, &demo, "img:1", None)));
-        assert!(!up_to_date(&a, &desired_deployment(&server, &demo, "img:2", None)));
+        assert!(up_to_date(
+            &a,
+            &desired_deployment(&server, &demo, "img:1", None)
+        ));
+        assert!(!up_to_date(
+            &a,
+            &desired_deployment(&server, &demo, "img:2", None)
+        ));
     }
 }

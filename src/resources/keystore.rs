@@ -41,13 +41,30 @@ pub fn pkcs12_data(
         && written_with == profile_name(wanted)
         && still_current(ks, ts, chain_pem, bundle_pem, password)
     {
-        return Ok(BTreeMap::from([(KEYSTORE_P12.into(), ks.to_vec()), (TRUSTSTORE_P12.into(), ts.to_vec())]));
+        return Ok(BTreeMap::from([
+            (KEYSTORE_P12.into(), ks.to_vec()),
+            (TRUSTSTORE_P12.into(), ts.to_vec()),
+        ]));
     }
     let text = |b: &[u8], key: &'static str| {
-        std::str::from_utf8(b).map(str::to_string).map_err(|_| KeystoreError::Input { key, reason: "not UTF-8".into() })
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|_| KeystoreError::Input {
+                key,
+                reason: "not UTF-8".into(),
+            })
     };
-    let built = pkcs12(&text(chain_pem, "tls.crt")?, &text(key_pem, "tls.key")?, &text(bundle_pem, "ca.crt")?, password, profile(wanted))?;
-    Ok(BTreeMap::from([(KEYSTORE_P12.into(), built.keystore_p12), (TRUSTSTORE_P12.into(), built.truststore_p12)]))
+    let built = pkcs12(
+        &text(chain_pem, "tls.crt")?,
+        &text(key_pem, "tls.key")?,
+        &text(bundle_pem, "ca.crt")?,
+        password,
+        profile(wanted),
+    )?;
+    Ok(BTreeMap::from([
+        (KEYSTORE_P12.into(), built.keystore_p12),
+        (TRUSTSTORE_P12.into(), built.truststore_p12),
+    ]))
 }
 
 pub fn profile_name(p: Pkcs12ProfileName) -> &'static str {
@@ -58,7 +75,13 @@ pub fn profile_name(p: Pkcs12ProfileName) -> &'static str {
     }
 }
 
-fn still_current(ks: &[u8], ts: &[u8], chain_pem: &[u8], bundle_pem: &[u8], password: &str) -> bool {
+fn still_current(
+    ks: &[u8],
+    ts: &[u8],
+    chain_pem: &[u8],
+    bundle_pem: &[u8],
+    password: &str,
+) -> bool {
     let (Ok(chain), Ok(roots)) = (parse_pem_certs(chain_pem), parse_pem_certs(bundle_pem)) else {
         return false;
     };
@@ -67,7 +90,11 @@ fn still_current(ks: &[u8], ts: &[u8], chain_pem: &[u8], bundle_pem: &[u8], pass
     };
     let leaf_matches = keystore
         .private_key_chain()
-        .and_then(|(_, c)| c.certs().first().map(|cert| Some(cert.as_der()) == chain.first().map(Vec::as_slice)))
+        .and_then(|(_, c)| {
+            c.certs()
+                .first()
+                .map(|cert| Some(cert.as_der()) == chain.first().map(Vec::as_slice))
+        })
         .unwrap_or(false);
     let Ok(truststore) = KeyStore::from_pkcs12(ts, password, Pkcs12ImportPolicy::Raw) else {
         return false;
@@ -97,22 +124,54 @@ mod tests {
     fn reuses_current_files_and_rebuilds_on_any_change() {
         let now = jiff::Timestamp::now();
         let ca = Authority::generate_root(now).unwrap();
-        let req = IssuanceRequest::from_spec(&TlsIdentitySpec { dns_names: vec!["a.b.svc".into()], ..Default::default() }).unwrap();
+        let req = IssuanceRequest::from_spec(&TlsIdentitySpec {
+            dns_names: vec!["a.b.svc".into()],
+            ..Default::default()
+        })
+        .unwrap();
         let cert = issue(&req, &ca, now).unwrap();
-        let (chain, key, bundle) = (cert.chain_pem.as_bytes(), cert.key_pem.as_bytes(), ca.bundle_pem());
+        let (chain, key, bundle) = (
+            cert.chain_pem.as_bytes(),
+            cert.key_pem.as_bytes(),
+            ca.bundle_pem(),
+        );
         let modern = Pkcs12ProfileName::Modern2023;
         let first = pkcs12_data(chain, key, bundle.as_bytes(), "pw", modern, None).unwrap();
-        let existing = Some((&first[KEYSTORE_P12][..], &first[TRUSTSTORE_P12][..], "Modern2023"));
+        let existing = Some((
+            &first[KEYSTORE_P12][..],
+            &first[TRUSTSTORE_P12][..],
+            "Modern2023",
+        ));
         let again = pkcs12_data(chain, key, bundle.as_bytes(), "pw", modern, existing).unwrap();
-        assert_eq!(again, first, "unchanged inputs keep the same bytes (no Secret write)");
+        assert_eq!(
+            again, first,
+            "unchanged inputs keep the same bytes (no Secret write)"
+        );
 
-        let rebuilt = |pw: &str, p: Pkcs12ProfileName, bundle: &str| pkcs12_data(chain, key, bundle.as_bytes(), pw, p, existing).unwrap();
+        let rebuilt = |pw: &str, p: Pkcs12ProfileName, bundle: &str| {
+            pkcs12_data(chain, key, bundle.as_bytes(), pw, p, existing).unwrap()
+        };
         assert_ne!(rebuilt("other", modern, &bundle), first, "password change");
-        assert_ne!(rebuilt("pw", Pkcs12ProfileName::LegacyDes, &bundle), first, "profile change");
-        let two_roots = format!("{bundle}{}", Authority::generate_root(now).unwrap().bundle_pem());
+        assert_ne!(
+            rebuilt("pw", Pkcs12ProfileName::LegacyDes, &bundle),
+            first,
+            "profile change"
+        );
+        let two_roots = format!(
+            "{bundle}{}",
+            Authority::generate_root(now).unwrap().bundle_pem()
+        );
         assert_ne!(rebuilt("pw", modern, &two_roots), first, "bundle change");
         let renewed = issue(&req, &ca, now).unwrap();
-        let after_renewal = pkcs12_data(renewed.chain_pem.as_bytes(), renewed.key_pem.as_bytes(), bundle.as_bytes(), "pw", modern, existing).unwrap();
+        let after_renewal = pkcs12_data(
+            renewed.chain_pem.as_bytes(),
+            renewed.key_pem.as_bytes(),
+            bundle.as_bytes(),
+            "pw",
+            modern,
+            existing,
+        )
+        .unwrap();
         assert_ne!(after_renewal, first, "new certificate");
     }
 }

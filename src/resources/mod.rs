@@ -5,4 +5,4 @@ pub mod demo;
 pub mod keystore;
 pub mod secret;
 
-pub use secret::{SecretContent, desired_secret, secret_data, secret_needs_update, controlled_by};
+pub use secret::{SecretContent, controlled_by, desired_secret, secret_data, secret_needs_update};

@@ -4,7 +4,9 @@ use crate::{
     api::{IDENTITY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SERIAL_ANNOTATION, TlsIdentity},
     pki::SecretData,
 };
-use k8s_openapi::{ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::Resource;
 use std::collections::BTreeMap;
 
@@ -29,7 +31,9 @@ pub struct SecretContent {
 
 impl std::fmt::Debug for SecretContent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretContent").field("extra", &self.extra.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+        f.debug_struct("SecretContent")
+            .field("extra", &self.extra.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }
 
@@ -39,7 +43,10 @@ pub fn desired_secret(identity: &TlsIdentity, content: &SecretContent, serial_he
     let template = identity.spec.secret_template.clone().unwrap_or_default();
     let mut labels = template.labels;
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
-    labels.insert(IDENTITY_LABEL.into(), identity.metadata.name.clone().unwrap_or_default());
+    labels.insert(
+        IDENTITY_LABEL.into(),
+        identity.metadata.name.clone().unwrap_or_default(),
+    );
     let mut annotations = template.annotations;
     annotations.extend(content.annotations.clone());
     annotations.insert(SERIAL_ANNOTATION.into(), serial_hex.into());
@@ -80,26 +87,41 @@ pub fn controlled_by<K: Resource>(obj: &K, owner_uid: &str) -> bool {
 
 /// Borrow the three TLS keys of a Secret.
 pub fn secret_data(secret: &Secret) -> SecretData<'_> {
-    let get = |k: &str| secret.data.as_ref().and_then(|d| d.get(k)).map(|b| b.0.as_slice());
-    SecretData { tls_crt: get(TLS_CRT), tls_key: get(TLS_KEY), ca_crt: get(CA_CRT) }
+    let get = |k: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|b| b.0.as_slice())
+    };
+    SecretData {
+        tls_crt: get(TLS_CRT),
+        tls_key: get(TLS_KEY),
+        ca_crt: get(CA_CRT),
+    }
 }
 
 /// Whether applying `desired` would change `actual`: data, type, and our labels, annotations and
 /// owner reference. Fields others added are left alone (server-side apply does the same).
 pub fn secret_needs_update(actual: &Secret, desired: &Secret) -> bool {
-    let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
-        want.iter().flatten().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    let subset = |want: &Option<BTreeMap<String, String>>,
+                  have: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
     actual.type_ != desired.type_
         || actual.data != desired.data
         || !subset(&desired.metadata.labels, &actual.metadata.labels)
         || !subset(&desired.metadata.annotations, &actual.metadata.annotations)
-        || !desired
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .all(|o| actual.metadata.owner_references.iter().flatten().any(|a| a == o))
+        || !desired.metadata.owner_references.iter().flatten().all(|o| {
+            actual
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|a| a == o)
+        })
 }
 
 #[cfg(test)]
@@ -128,7 +150,12 @@ mod tests {
     }
 
     fn content() -> SecretContent {
-        SecretContent { tls_crt: b"crt".to_vec(), tls_key: b"key".to_vec(), ca_crt: b"ca".to_vec(), ..Default::default() }
+        SecretContent {
+            tls_crt: b"crt".to_vec(),
+            tls_key: b"key".to_vec(),
+            ca_crt: b"ca".to_vec(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -137,10 +164,16 @@ mod tests {
         assert_eq!(s.metadata.name.as_deref(), Some("web-tls"));
         assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
         let labels = s.metadata.labels.as_ref().unwrap();
-        assert_eq!(labels[MANAGED_BY_LABEL], "tlsid", "our label wins over the template");
+        assert_eq!(
+            labels[MANAGED_BY_LABEL], "tlsid",
+            "our label wins over the template"
+        );
         assert_eq!(labels["team"], "a");
         assert_eq!(labels[IDENTITY_LABEL], "web");
-        assert_eq!(s.metadata.annotations.as_ref().unwrap()[SERIAL_ANNOTATION], "abcd");
+        assert_eq!(
+            s.metadata.annotations.as_ref().unwrap()[SERIAL_ANNOTATION],
+            "abcd"
+        );
         assert!(controlled_by(&s, "uid-1"));
         assert!(!controlled_by(&s, "uid-2"));
         let data = secret_data(&s);
@@ -152,22 +185,41 @@ mod tests {
     fn update_only_when_something_we_own_differs() {
         let desired = desired_secret(&identity(), &content(), "abcd");
         let mut actual = desired.clone();
-        actual.metadata.labels.as_mut().unwrap().insert("added-by-user".into(), "y".into());
+        actual
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("added-by-user".into(), "y".into());
         actual.metadata.resource_version = Some("42".into());
-        assert!(!secret_needs_update(&actual, &desired), "others' labels are not a change");
+        assert!(
+            !secret_needs_update(&actual, &desired),
+            "others' labels are not a change"
+        );
 
         let mut new_bundle = content();
         new_bundle.ca_crt = b"ca2".to_vec();
-        assert!(secret_needs_update(&actual, &desired_secret(&identity(), &new_bundle, "abcd")));
+        assert!(secret_needs_update(
+            &actual,
+            &desired_secret(&identity(), &new_bundle, "abcd")
+        ));
 
         let mut tampered = actual.clone();
-        tampered.metadata.labels.as_mut().unwrap().remove(MANAGED_BY_LABEL);
+        tampered
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(MANAGED_BY_LABEL);
         assert!(secret_needs_update(&tampered, &desired));
     }
 
     #[test]
     fn debug_hides_key_bytes() {
-        let c = SecretContent { tls_key: b"-----BEGIN PRIVATE KEY-----".to_vec(), ..content() };
+        let c = SecretContent {
+            tls_key: b"-----BEGIN PRIVATE KEY-----".to_vec(),
+            ..content()
+        };
         assert!(!format!("{c:?}").contains("PRIVATE"));
     }
 }
