@@ -16,5 +16,8 @@ pub fn crd_yaml() -> Result<String, serde_json::Error> {
     use kube::CustomResourceExt;
     let crd = api::TlsIdentity::crd();
     let json = serde_json::to_value(&crd)?;
-    Ok(format!("---\n{}", serde_yaml_ng::to_string(&json).map_err(serde::ser::Error::custom)?))
+    Ok(format!(
+        "---\n{}",
+        serde_yaml_ng::to_string(&json).map_err(serde::ser::Error::custom)?
+    ))
 }

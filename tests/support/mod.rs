@@ -54,7 +54,9 @@ pub async fn cluster() -> &'static Cluster {
 fn start_cluster() -> PathBuf {
     let cache = std::env::var("TLSID_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tlsid"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tlsid")
+        });
     let out = Command::new(repo().join("hack/cluster.sh"))
         .arg("up")
         .env("TLSID_CLUSTER_DIR", cache.join("test-cluster"))
@@ -71,21 +73,31 @@ fn start_cluster() -> PathBuf {
 async fn install_crd(client: &Client) {
     let path = repo().join("crds/tlsid.dev_tlsidentities.yaml");
     let yaml = std::fs::read_to_string(&path).expect("read crds/");
-    let crd: CustomResourceDefinition = serde_yaml_ng::from_str(yaml.trim_start_matches("---\n")).expect("parse CRD");
+    let crd: CustomResourceDefinition =
+        serde_yaml_ng::from_str(yaml.trim_start_matches("---\n")).expect("parse CRD");
     let api = Api::<CustomResourceDefinition>::all(client.clone());
-    api.patch(&crd.name_any(), &PatchParams::apply("tlsid-tests").force(), &Patch::Apply(&crd))
-        .await
-        .expect("apply CRD from crds/");
-    tokio::time::timeout(TIMEOUT, await_condition(api, &crd.name_any(), conditions::is_crd_established()))
-        .await
-        .expect("CRD established in time")
-        .expect("watch CRD");
+    api.patch(
+        &crd.name_any(),
+        &PatchParams::apply("tlsid-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply CRD from crds/");
+    tokio::time::timeout(
+        TIMEOUT,
+        await_condition(api, &crd.name_any(), conditions::is_crd_established()),
+    )
+    .await
+    .expect("CRD established in time")
+    .expect("watch CRD");
 }
 
 impl Cluster {
     pub async fn client(&self) -> Client {
         let kc = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
-        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig");
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
         Client::try_from(config).expect("client")
     }
 }
@@ -93,9 +105,16 @@ impl Cluster {
 /// A fresh namespace named after the test.
 pub async fn namespace(client: &Client, test: &str) -> String {
     let suffix: u32 = rand::random::<u32>() % 1_000_000;
-    let name = format!("{}-{suffix}", test.replace('_', "-").chars().take(40).collect::<String>());
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+    let name = format!(
+        "{}-{suffix}",
+        test.replace('_', "-").chars().take(40).collect::<String>()
+    );
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
     name
 }
 
@@ -109,11 +128,19 @@ pub struct Controller {
 
 impl Controller {
     pub async fn start(cluster: &Cluster, ns: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let logs = repo().join("target/test-logs");
         std::fs::create_dir_all(&logs).unwrap();
         let log = logs.join(format!("{ns}.log"));
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tlsid"))
             .args(["controller", "--watch-namespace", ns, "--namespace", ns])
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -136,13 +163,19 @@ impl Controller {
             {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "controller not ready; see {}", self.log.display());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "controller not ready; see {}",
+                self.log.display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub async fn metrics(&self) -> String {
-        http_get(self.port, "/metrics").await.expect("scrape metrics")
+        http_get(self.port, "/metrics")
+            .await
+            .expect("scrape metrics")
     }
 
     /// Value of a metric line starting with `prefix` (summed over matching series).
@@ -159,7 +192,10 @@ impl Controller {
     pub async fn wait_reconciled(&self, n: f64) {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         while self.metric("tlsid_reconcile_duration_seconds_count").await < n {
-            assert!(tokio::time::Instant::now() < deadline, "fewer than {n} reconciles");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "fewer than {n} reconciles"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -180,7 +216,8 @@ impl Drop for Controller {
 async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
     Ok(out)
@@ -202,22 +239,38 @@ pub async fn wait_identity(
     what: &str,
     cond: impl Fn(Option<&TlsIdentity>) -> bool,
 ) -> TlsIdentity {
-    let found = tokio::time::timeout(TIMEOUT, await_condition(api.clone(), name, move |o: Option<&TlsIdentity>| cond(o)))
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {name}: {what}"))
-        .expect("watch");
+    let found = tokio::time::timeout(
+        TIMEOUT,
+        await_condition(api.clone(), name, move |o: Option<&TlsIdentity>| cond(o)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {name}: {what}"))
+    .expect("watch");
     found.unwrap_or_else(|| panic!("{name} vanished while waiting for {what}"))
 }
 
-pub async fn wait_secret(api: &Api<Secret>, name: &str, what: &str, cond: impl Fn(Option<&Secret>) -> bool) -> Option<Secret> {
-    tokio::time::timeout(TIMEOUT, await_condition(api.clone(), name, move |o: Option<&Secret>| cond(o)))
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for Secret {name}: {what}"))
-        .expect("watch")
+pub async fn wait_secret(
+    api: &Api<Secret>,
+    name: &str,
+    what: &str,
+    cond: impl Fn(Option<&Secret>) -> bool,
+) -> Option<Secret> {
+    tokio::time::timeout(
+        TIMEOUT,
+        await_condition(api.clone(), name, move |o: Option<&Secret>| cond(o)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for Secret {name}: {what}"))
+    .expect("watch")
 }
 
 pub fn data<'a>(secret: &'a Secret, key: &str) -> &'a [u8] {
-    secret.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.as_slice()).unwrap_or_default()
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.as_slice())
+        .unwrap_or_default()
 }
 
 /// `openssl verify` the Secret's leaf against its own `ca.crt`, with the rest of `tls.crt` as
@@ -232,7 +285,11 @@ pub fn openssl_verify(secret: &Secret, purpose: &str) -> Result<(), String> {
     std::fs::write(&chain, tlsid::pki::certs_to_pem(&certs[1..])).unwrap();
     std::fs::write(&ca, data(secret, "ca.crt")).unwrap();
     let mut cmd = Command::new("openssl");
-    cmd.arg("verify").arg("-CAfile").arg(&ca).arg("-purpose").arg(purpose);
+    cmd.arg("verify")
+        .arg("-CAfile")
+        .arg(&ca)
+        .arg("-purpose")
+        .arg(purpose);
     if certs.len() > 1 {
         cmd.arg("-untrusted").arg(&chain);
     }
@@ -240,7 +297,11 @@ pub fn openssl_verify(secret: &Secret, purpose: &str) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
