@@ -32,16 +32,10 @@ pub enum LoadError {
 
 /// Parse a CA Secret.
 pub fn authority_from_secret(secret: &Secret, now: jiff::Timestamp) -> Result<Authority, CaError> {
-    let get = |k: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .map(|b| b.0.as_slice())
-    };
-    let crt = get("tls.crt").ok_or(CaError::Missing("tls.crt"))?;
-    let key = get("tls.key").ok_or(CaError::Missing("tls.key"))?;
-    Authority::from_pem(crt, key, get("ca.crt"), now)
+    let data = crate::resources::secret_data(secret);
+    let crt = data.tls_crt.ok_or(CaError::Missing("tls.crt"))?;
+    let key = data.tls_key.ok_or(CaError::Missing("tls.key"))?;
+    Authority::from_pem(crt, key, data.ca_crt, now)
 }
 
 /// Load the CA Secret, or create a new self-signed root if there is none.
