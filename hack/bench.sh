@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# `make bench`: tlsid against a real control plane (etcd + kube-apiserver).
+#
+# For each N (default 100 and 1000): a fresh namespace, a fresh controller
+# process watching it, then benches/idents.rs measures calibration (N plain
+# Secrets), N TlsIdentities created at once -> all Ready and Secrets valid,
+# mutating API requests per issuance, writes during an idle window, and the
+# controller's peak RSS. Prints a markdown table (also target/bench/report.md).
+#
+# Exit 0 when the figures were measured, aims met or not; non-zero when
+# something broke (build, cluster, identities never Ready...).
+#
+# Environment:
+#   TLSID_BENCH_SIZES        N values, space-separated (default "100 1000")
+#   TLSID_BENCH_IDLE_SECS    idle window after convergence (default 60)
+#   TLSID_BENCH_PARALLELISM  client in-flight creates (default 32)
+#   TLSID_BENCH_CONCURRENCY  controller --concurrency (default: the controller's own, 16)
+#   TLSID_BENCH_TIMEOUT_SECS per-N limit for all Ready (default 600)
+#   TLSID_BENCH_OUT          output dir (default target/bench)
+#   TLSID_BENCH_APISERVER_PORT / TLSID_BENCH_ETCD_PORT (default 17443 / 17379;
+#   etcd also uses +1), TLSID_BENCH_CONTROLLER_PORT (default 17080)
+#   TLSID_CACHE              cache root (default ~/.cache/tlsid); the cluster
+#                            lives in $TLSID_CACHE/bench-cluster
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "${ROOT}"
+# shellcheck source=hack/lib.sh
+. hack/lib.sh
+
+SIZES="${TLSID_BENCH_SIZES:-100 1000}"
+OUT="$(realpath -m "${TLSID_BENCH_OUT:-target/bench}")"
+CONTROLLER_PORT="${TLSID_BENCH_CONTROLLER_PORT:-17080}"
+CA_NAMESPACE=tlsid-bench-system
+export TLSID_CLUSTER_DIR="${TLSID_CACHE}/bench-cluster"
+export TLSID_APISERVER_PORT="${TLSID_BENCH_APISERVER_PORT:-17443}"
+export TLSID_ETCD_PORT="${TLSID_BENCH_ETCD_PORT:-17379}"
+export TLSID_BENCH_OUT="${OUT}"
+
+log() { printf 'bench.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- build -------------------------------------------------------------------
+log "building (release): tlsid and benches/idents.rs"
+# One cargo call builds both (the bench target gets release settings). The
+# bench exe is then run directly, not through `cargo bench`, so no cargo lock
+# is held while it runs.
+BENCH_EXE="$(cargo build --release --bins --bench idents --message-format=json-render-diagnostics |
+  jq -r 'select(.reason == "compiler-artifact" and .target.name == "idents" and .executable != null) | .executable' | tail -1)"
+[[ -x ${BENCH_EXE} ]] || die "could not build benches/idents.rs"
+TLSID="${ROOT}/target/release/tlsid"
+[[ -x ${TLSID} ]] || die "${TLSID} not built"
+
+mkdir -p "${OUT}"
+rm -f "${OUT}"/row-*.json "${OUT}/report.md"
+
+# --- cluster + teardown --------------------------------------------------------
+CONTROLLER_PID=""
+stop_controller() {
+  [[ -n ${CONTROLLER_PID} ]] || return 0
+  if kill -0 "${CONTROLLER_PID}" 2>/dev/null; then
+    kill -TERM "${CONTROLLER_PID}" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "${CONTROLLER_PID}" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "${CONTROLLER_PID}" 2>/dev/null || true
+  fi
+  wait "${CONTROLLER_PID}" 2>/dev/null || true
+  CONTROLLER_PID=""
+}
+cleanup() {
+  local rc=$?
+  stop_controller
+  # Kept for evidence: `down` removes the state dir.
+  cp -f "${TLSID_CLUSTER_DIR}/logs/kube-apiserver.log" "${OUT}/" 2>/dev/null || true
+  hack/cluster.sh down >&2 || true
+  exit "${rc}"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A leftover from an interrupted run would not give fresh namespaces.
+hack/cluster.sh down >&2 || true
+t_up=${SECONDS}
+KUBECONFIG="$(hack/cluster.sh up | tail -1)"
+export KUBECONFIG
+log "control plane up in $((SECONDS - t_up))s (${KUBECONFIG})"
+KUBECTL="$(tlsid_bin kubectl)"
+"${KUBECTL}" apply -f crds/tlsid.dev_tlsidentities.yaml >&2
+"${KUBECTL}" wait --for=condition=Established --timeout=60s crd/tlsidentities.tlsid.dev >&2
+"${KUBECTL}" create namespace "${CA_NAMESPACE}" >&2
+
+# --- one controller per N ------------------------------------------------------
+for n in ${SIZES}; do
+  ns="bench-${n}"
+  log "N=${n}: starting the controller (watching ${ns}; log ${OUT}/controller-${n}.log)"
+  args=(controller --watch-namespace "${ns}" --namespace "${CA_NAMESPACE}" --listen "127.0.0.1:${CONTROLLER_PORT}")
+  [[ -n ${TLSID_BENCH_CONCURRENCY:-} ]] && args+=(--concurrency "${TLSID_BENCH_CONCURRENCY}")
+  "${TLSID}" "${args[@]}" >"${OUT}/controller-${n}.log" 2>&1 &
+  CONTROLLER_PID=$!
+  ready=false
+  for _ in $(seq 300); do
+    kill -0 "${CONTROLLER_PID}" 2>/dev/null || { tail -20 "${OUT}/controller-${n}.log" >&2; die "controller exited"; }
+    if [[ "$(curl -fsS --max-time 1 "http://127.0.0.1:${CONTROLLER_PORT}/readyz" 2>/dev/null)" == ready ]]; then
+      ready=true
+      break
+    fi
+    sleep 0.2
+  done
+  [[ ${ready} == true ]] || { tail -20 "${OUT}/controller-${n}.log" >&2; die "controller not ready after 60s"; }
+
+  TLSID_BENCH_N="${n}" \
+    TLSID_BENCH_NAMESPACE="${ns}" \
+    TLSID_BENCH_CONTROLLER_PID="${CONTROLLER_PID}" \
+    TLSID_BENCH_CONTROLLER_METRICS="127.0.0.1:${CONTROLLER_PORT}" \
+    TLSID_BENCH_CONTROLLER_CONCURRENCY="${TLSID_BENCH_CONCURRENCY:-16}" \
+    "${BENCH_EXE}" run
+  stop_controller
+done
+
+"${BENCH_EXE}" report
+log "controller and apiserver logs in ${OUT}"
