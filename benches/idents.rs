@@ -660,7 +660,6 @@ impl RequestCounts {
             };
             let labels = parse_labels(labels);
             let value: f64 = value
-                .trim()
                 .split_whitespace()
                 .next()
                 .and_then(|v| v.parse().ok())
@@ -965,7 +964,7 @@ fn report(out: &Path) -> anyhow::Result<()> {
             w.events as f64 / n,
             yes_no(per <= AIM_WRITES_PER_ISSUANCE),
             r.idle_writes.total(),
-            yes_no(r.idle_writes.total() <= AIM_IDLE_WRITES),
+            yes_no(r.idle_writes.total() == AIM_IDLE_WRITES),
             r.rss_peak_mib,
             rss_aim,
         ));

@@ -15,8 +15,9 @@ PACKAGES=(
   openssl curl ca-certificates jq util-linux coreutils procps iproute2
   # single-node tier: container runtime, CNI, kube-proxy's needs
   containerd runc containernetworking-plugins iptables nftables conntrack kmod
-  # interop tests: a JDK (keytool, javac) for the Java column; Go and Python are on the machine
-  openjdk-17-jdk-headless
+  # interop tests: a JDK (keytool, javac) for the Java column, python3 for the driver; Go is on
+  # the machine (curl and openssl are above)
+  openjdk-17-jdk-headless python3
   # images without Docker: build OCI archives, import them into containerd
   buildah umoci
   # the static pause binary for the sandbox image (build/pause/linux/pause.c)

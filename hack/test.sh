@@ -33,6 +33,14 @@ export TLSID_TEST_KUBECONFIG
 step "unit and integration tests"
 cargo test --locked --all-targets
 
+step "interop matrix"
+# tests/interop (run above) issued identities with the real controller and ran rustls, Go, Python,
+# Java, curl and openssl clients and servers against each other; show what it found this run.
+matrix=target/interop/matrix.md
+[[ -n $(find "${matrix}" -newermt "@$(($(date +%s) - SECONDS))" 2>/dev/null) ]] ||
+  tlsid_die "${matrix} was not written by this run: did tests/interop run?"
+sed '/^### Negative cases/,$d' "${matrix}"
+
 step "chart"
 KUBECONFIG="${TLSID_TEST_KUBECONFIG}" hack/chart.sh check
 

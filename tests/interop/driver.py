@@ -20,7 +20,6 @@ import os
 import queue
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -89,20 +88,45 @@ def one_line(text, limit=300):
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def locked_version(crate):
+    """The version of a crate in Cargo.lock, or '?'."""
+    try:
+        with open(os.path.join(REPO, "Cargo.lock")) as f:
+            m = re.search(r'\[\[package\]\]\nname = "' + re.escape(crate) + r'"\nversion = "([^"]+)"', f.read())
+        return m.group(1) if m else "?"
+    except OSError:
+        return "?"
 
 
-def wait_port(port, deadline):
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
+def demo_env():
+    """The environment of `tlsid demo` processes: plain errors, no colours."""
+    return dict(os.environ, RUST_BACKTRACE="0", NO_COLOR="1")
+
+
+def demo_record(line):
+    """A JSON log record of `tlsid --log-format json demo …`, or None."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def demo_server_line(name, line):
+    """Translate the demo server's log into the driver's LISTEN / LOADFAIL / CONN lines."""
+    rec = demo_record(line)
+    if rec is None:
+        return line
+    msg = rec.get("message", "")
+    if msg.startswith("serving mTLS on") and rec.get("listen"):
+        return f"LISTEN {name} {rec['listen'].rsplit(':', 1)[1]}"
+    if msg == "waiting for valid credentials":
+        return f"LOADFAIL {name} {rec.get('error', msg)}"
+    if msg == "mTLS handshake ok":
+        return f"CONN {name} ok {rec.get('tls_version', '')} peer={rec.get('peer', '')}"
+    if msg == "mTLS handshake failed":
+        return f"CONN {name} fail {rec.get('reason', msg)}"
+    return f"{rec.get('level', '')} {msg} {rec.get('error', '')}".strip()
 
 
 # === identities ===
@@ -154,12 +178,12 @@ def load_identities(dirs):
 class Server:
     """A server process with one or more listeners; its CONN lines are queued per listener."""
 
-    def __init__(self, stack, argv, env=None, names=(), fixed_ports=None, raw_log=False, unnamed=None):
+    def __init__(self, stack, argv, env=None, names=(), unnamed=None, demo=None):
         self.stack = stack
         self.unnamed = unnamed  # single-listener peers (the rustls stand-in) print lines without a name
-        self.ports = dict(fixed_ports or {})
+        self.demo = demo  # the real `tlsid demo server` (JSON logs) serving this one listener
+        self.ports = {}
         self.events = {n: queue.Queue() for n in names}
-        self.raw_log = raw_log  # unstructured output (the real tlsid demo): all lines go to every listener
         self.lines = queue.Queue()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
@@ -170,6 +194,8 @@ class Server:
     def _read(self):
         for line in self.proc.stdout:
             line = re.sub(r"^test \S+ \.\.\. ", "", line.rstrip("\n"))  # libtest's line (stand-in)
+            if self.demo:
+                line = demo_server_line(self.demo, line)
             if self.unnamed and re.match(r"(LISTEN|CONN) ", line):
                 line = line.replace(" ", f" {self.unnamed} ", 1)
             m = re.match(r"LISTEN (\S+) (\d+)$", line)
@@ -185,12 +211,9 @@ class Server:
                     self.listening.set()
                 continue
             m = re.match(r"CONN (\S+) (ok|fail) ?(.*)$", line)
-            if m and m.group(1) in self.events and not self.raw_log:
+            if m and m.group(1) in self.events:
                 self.events[m.group(1)].put((m.group(2) == "ok", m.group(3)))
                 continue
-            if self.raw_log:
-                for q in self.events.values():
-                    q.put((None, line))
             self.lines.put(line)
         # The process ended: listeners that never came up failed to load (e.g. the stand-in panicked).
         tail = []
@@ -214,14 +237,8 @@ class Server:
             q.get()
 
     def event(self, name, timeout=3.0):
-        """The server's verdict on the latest connection: (ok, text); ok is None for raw logs."""
+        """The server's verdict on the latest connection: (ok, text); ok is None without one."""
         q = self.events[name]
-        if self.raw_log:
-            time.sleep(0.3)
-            texts = []
-            while not q.empty():
-                texts.append(q.get()[1])
-            return None, " | ".join(texts)
         try:
             return q.get(timeout=timeout)
         except queue.Empty:
@@ -324,8 +341,10 @@ class Stacks:
         out = os.path.join(self.work, f"go-interop-{self._hash(os.path.join(src, 'main.go'), os.path.join(src, 'go.mod'))}")
         if not os.path.exists(out):
             log("building the Go peer (go build)…")
+            # The flags hack/build-k8s.sh uses, so the standard library it compiled is reused from
+            # Go's build cache (a cold build of net/http and crypto/tls takes ~45 CPU-seconds).
             env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="")
-            subprocess.run(["go", "build", "-o", out, "."], cwd=src, env=env, check=True)
+            subprocess.run(["go", "build", "-trimpath", "-o", out, "."], cwd=src, env=env, check=True)
         self.go_bin = out
         self.versions["go"] = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip()
 
@@ -350,7 +369,7 @@ class Stacks:
             [bin_, "demo", "server", "--help"], capture_output=True).returncode == 0
         if mode in ("auto", "demo") and demo_ok:
             self.rustls_mode, self.tlsid_bin = "demo", bin_
-            self.versions["rustls"] = f"tlsid demo ({bin_})"
+            self.versions["rustls"] = f"`tlsid demo server` / `tlsid demo client` (rustls {locked_version('rustls')})"
             return
         if mode == "demo":
             self.unavailable["rustls"] = f"{bin_} has no 'demo' subcommand"
@@ -395,12 +414,10 @@ class Stacks:
             servers = []
             for n, i, v in listeners:
                 if self.rustls_mode == "demo":
-                    port = free_port()
-                    argv = [self.tlsid_bin, "demo", "server", "--cert-dir", i.dir, "--listen", f"127.0.0.1:{port}",
-                            "--metrics-listen", f"127.0.0.1:{free_port()}"]
-                    s = Server(stack, argv, names=[n], fixed_ports={n: port}, raw_log=True)
-                    if wait_port(port, time.time() + 20):
-                        s.listening.set()
+                    # Exactly as in a pod, but on loopback; the port it got is read from its log.
+                    argv = [self.tlsid_bin, "--log-format", "json", "demo", "server", "--cert-dir", i.dir,
+                            "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]
+                    s = Server(stack, argv, env=demo_env(), names=[n], demo=n)
                 else:
                     env = dict(os.environ, TLSID_INTEROP_RUSTLS=json.dumps(
                         ["server", "--cert-dir", i.dir, "--listen", "127.0.0.1:0", "--tls", v]))
@@ -431,6 +448,8 @@ class Stacks:
             pin = {"1.3": ["--tlsv1.3", "--tls-max", "1.3"], "1.2": ["--tlsv1.2", "--tls-max", "1.2"]}[version]
             argv = ["curl", "-sS", "-v", "--max-time", "10", "--cacert", os.path.join(ident.dir, "ca.crt"),
                     "--resolve", f"{server_name}:{port}:127.0.0.1", *pin]
+            if proto == "raw":
+                argv.append("--http0.9")  # the demo server answers with its greeting line, no HTTP headers
             if not nocert:
                 argv += ["--cert", os.path.join(ident.dir, "tls.crt"), "--key", os.path.join(ident.dir, "tls.key")]
             argv.append(f"https://{server_name}:{port}/")
@@ -459,12 +478,21 @@ class Stacks:
             return False, ver, one_line(" ".join(errs) or r.stderr[-300:] or f"exit {r.returncode}")
         if stack == "rustls":
             if self.rustls_mode == "demo":
-                argv = [self.tlsid_bin, "demo", "client", "--cert-dir", ident.dir, "--connect", f"127.0.0.1:{port}",
-                        "--server-name", server_name, "--count", "1", "--metrics-listen", f"127.0.0.1:{free_port()}"]
-                r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-                out = one_line(r.stdout + " " + r.stderr, 600)
-                m = re.search(r"tls_version\W+(TLSv?1[._]?[23])", out)
-                return r.returncode == 0, norm_version(m.group(1)) if m else None, out
+                argv = [self.tlsid_bin, "--log-format", "json", "demo", "client", "--cert-dir", ident.dir,
+                        "--connect", f"127.0.0.1:{port}", "--server-name", server_name, "--count", "1",
+                        "--metrics-listen", "127.0.0.1:0"]
+                try:
+                    r = subprocess.run(argv, capture_output=True, text=True, timeout=20, env=demo_env())
+                except subprocess.TimeoutExpired as e:
+                    err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+                    return False, None, "timed out: " + one_line(err[-300:])
+                recs = [x for x in map(demo_record, r.stderr.splitlines()) if x]
+                hs = next((x for x in recs if x.get("message", "").startswith("mTLS handshake")), None)
+                if hs is None:
+                    waiting = next((x for x in recs if x.get("message") == "waiting for valid credentials"), None)
+                    return False, None, one_line(waiting.get("error") if waiting else (r.stdout + r.stderr)[-400:])
+                ok = r.returncode == 0 and hs.get("result") == "ok"
+                return ok, norm_version(hs.get("tls_version")), hs.get("reply") if ok else hs.get("reason", "")
             env = dict(os.environ, TLSID_INTEROP_RUSTLS=json.dumps(
                 ["client", "--cert-dir", ident.dir, "--connect", f"127.0.0.1:{port}", "--server-name", server_name,
                  "--count", "1", "--tls", version]))
@@ -486,8 +514,6 @@ class Stacks:
             return self.unavailable[server]
         if nocert and client == "rustls":
             return "the rustls client always presents its certificate"
-        if server == "rustls" and self.rustls_mode == "demo" and client == "curl":
-            return "the tlsid demo server sends a greeting line, not HTTP"
         return None
 
 
@@ -534,6 +560,8 @@ def main():
     ap.add_argument("--rustls", choices=["auto", "demo", "standin"], default="auto",
                     help="rustls column: the real `tlsid demo` ($TLSID_BIN or target/debug/tlsid) or the stand-in")
     ap.add_argument("--no-negatives", action="store_true")
+    ap.add_argument("--require-all-stacks", action="store_true",
+                    help="a selected stack that cannot run is a set-up error (exit 2), not a column of n/a")
     ap.add_argument("--update-doc", metavar="FILE",
                     help="replace everything after the '<!-- matrix -->' line of FILE (docs/interop.md) with the result")
     args = ap.parse_args()
@@ -557,6 +585,9 @@ def main():
     log("stacks: " + "; ".join(f"{k}: {v}" for k, v in sorted(st.versions.items())))
     for k, v in st.unavailable.items():
         log(f"unavailable: {k}: {v}")
+    missing = {k: v for k, v in st.unavailable.items() if k in stacks}
+    if args.require_all_stacks and missing:
+        die("--require-all-stacks: " + "; ".join(f"{k}: {v}" for k, v in sorted(missing.items())))
 
     # Listeners: every matrix identity per version, plus the bad server identities for client-judged
     # negatives (on the presenter stack only).
@@ -624,6 +655,8 @@ def main():
                             problems.append(f"client: {one_line(detail)}")
                         if s_ok is False:
                             problems.append(f"server: {one_line(s_text)}")
+                        elif ok and s_ok is None:
+                            problems.append(f"server: no verified client certificate logged {one_line(s_text)}")
                         if ok and got_ver and got_ver != version:
                             problems.append(f"negotiated TLS {got_ver}, not {version}")
                         status = "FAIL" if problems else "pass"
@@ -729,6 +762,9 @@ def render(cells, negs, st, matrix_ids, server_stacks, client_stacks, versions, 
         L.append(f"- {STACK_TITLE[s]}: {st.versions.get(s) or 'unavailable: ' + st.unavailable.get(s, '?')}")
     sources = sorted({i.meta.get('source', 'unspecified') for i in matrix_ids})
     L.append(f"\nIdentities: {', '.join(i.name for i in matrix_ids)} (source: {'; '.join(sources)}).")
+    if by_role:
+        L.append("Negative-case identities: " + "; ".join(
+            f"{role}: {i.name} ({i.meta.get('source', 'unspecified')})" for role, i in sorted(by_role.items())) + ".")
     L.append("Each cell: client stack (row) connects to server stack (column) over TLS version, both sides "
              "presenting the identity of that key type; ✅ pass, ❌ fail, n/a not supported (reason below).\n")
     notes = {}

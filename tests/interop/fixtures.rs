@@ -1,11 +1,12 @@
-//! Writes an identity directory for the interop driver without a cluster: the same files a pod sees
-//! when an issued Secret is mounted, signed with the library's own `issue()` and `pkcs12()`.
-//!
-//! Layout (the contract `driver.py` reads; see docs/interop.md):
+//! Identity directories for the interop driver (the contract in docs/interop.md):
 //! ```text
 //! DIR/<identity>/tls.crt  tls.key  ca.crt  keystore.p12  truststore.p12  keystore-password  meta.json
 //! ```
+//! The controller-backed test writes the Secrets the real controller issued; what the controller cannot
+//! be asked for (an already expired certificate, one from a CA nobody trusts) and the cluster-less
+//! `write_identity_dir` helper are signed here with the library's own `issue()` and `pkcs12()`.
 
+use serde::Serialize;
 use std::{
     collections::BTreeSet,
     net::IpAddr,
@@ -35,7 +36,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Matrix => "matrix",
             Role::WrongSan => "wrong-san",
@@ -66,44 +67,53 @@ pub const MATRIX_KEYS: [KeySpec; 5] = [
     KeySpec::Ed25519,
 ];
 
+/// One identity of the matrix: its names and usages follow from its role.
 pub struct Spec {
     pub name: String,
     pub key: KeySpec,
     pub role: Role,
     pub dns: Vec<&'static str>,
+    pub ips: Vec<&'static str>,
     pub usages: Vec<Usage>,
 }
 
-fn spec(name: &str, key: KeySpec, role: Role) -> Spec {
+pub fn spec(name: &str, key: KeySpec, role: Role) -> Spec {
     let usages = match role {
         Role::ServerOnly => vec![Usage::Server],
         Role::ClientOnly => vec![Usage::Client],
         _ => vec![Usage::Server, Usage::Client],
     };
-    let dns = if role == Role::WrongSan {
-        vec!["wrong.example.com"]
+    let (dns, ips) = if role == Role::WrongSan {
+        (vec!["wrong.example.com"], vec![])
     } else {
-        vec!["localhost"]
+        (vec!["localhost"], vec!["127.0.0.1"])
     };
     Spec {
         name: name.into(),
         key,
         role,
         dns,
+        ips,
         usages,
     }
 }
 
+pub fn usage_name(u: Usage) -> &'static str {
+    match u {
+        Usage::Server => "server",
+        Usage::Client => "client",
+    }
+}
+
 fn request(s: &Spec, duration: Duration) -> IssuanceRequest {
-    let ips: BTreeSet<IpAddr> = if s.role == Role::WrongSan {
-        BTreeSet::new()
-    } else {
-        ["127.0.0.1".parse().unwrap()].into()
-    };
     IssuanceRequest {
         common_name: None,
         dns_names: s.dns.iter().map(|d| d.to_string()).collect(),
-        ip_addresses: ips,
+        ip_addresses: s
+            .ips
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect::<BTreeSet<IpAddr>>(),
         uris: BTreeSet::new(),
         usages: s.usages.iter().copied().collect(),
         key: s.key,
@@ -112,30 +122,50 @@ fn request(s: &Spec, duration: Duration) -> IssuanceRequest {
     }
 }
 
-/// A CA signing with an intermediate (root → intermediate → leaf), as a user-supplied CA Secret would.
-/// The root is the user's own, without a path length limit (tlsid's generated root has pathLen 0 and
-/// cannot have intermediates below it).
+/// `meta.json`: what the driver needs to know about an identity beyond its files.
+#[derive(Serialize)]
+pub struct Meta {
+    pub name: String,
+    pub key_type: String,
+    pub role: &'static str,
+    /// `root` or `intermediate`: the label of the matrix section.
+    pub chain: &'static str,
+    pub dns_names: Vec<&'static str>,
+    pub ip_addresses: Vec<&'static str>,
+    pub usages: Vec<&'static str>,
+    pub password_file: &'static str,
+    pub not_after: String,
+    /// Who issued it, shown in the report.
+    pub source: String,
+}
+
+impl Meta {
+    pub fn new(s: &Spec, chain: &'static str, not_after: String, source: String) -> Self {
+        Meta {
+            name: s.name.clone(),
+            key_type: key_type_name(s.key),
+            role: s.role.as_str(),
+            chain,
+            dns_names: s.dns.clone(),
+            ip_addresses: s.ips.clone(),
+            usages: s.usages.iter().map(|&u| usage_name(u)).collect(),
+            password_file: PASSWORD_FILE,
+            not_after,
+            source,
+        }
+    }
+
+    pub fn write(&self, dir: &Path) {
+        let json = serde_json::to_string_pretty(self).unwrap();
+        std::fs::write(dir.join("meta.json"), json).unwrap();
+    }
+}
+
+/// A CA signing with an intermediate (root → intermediate → leaf), as a user-supplied CA Secret would
+/// be: `to_secret_data()` gives `tls.crt` = the intermediate, `tls.key` its key, `ca.crt` = the root.
 pub fn intermediate_authority(now: jiff::Timestamp) -> Authority {
-    let root_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("root key");
-    let mut root_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    root_params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "tlsid interop");
-    root_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tlsid interop root CA");
-    root_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    root_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-    root_params.not_before = time::OffsetDateTime::from_unix_timestamp(now.as_second() - 4 * 3600).unwrap();
-    root_params.not_after = time::OffsetDateTime::from_unix_timestamp(now.as_second() + 60 * 86400).unwrap();
-    let root_cert = root_params.self_signed(&root_key).expect("root");
-    let root = Authority::from_pem(
-        root_cert.pem().as_bytes(),
-        root_key.serialize_pem().as_bytes(),
-        None,
-        now,
-    )
-    .expect("root authority");
+    // Backdated so the intermediate's validity nests inside the root's.
+    let root = Authority::generate_root(now - jiff::SignedDuration::from_hours(4)).expect("root");
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     params
@@ -150,8 +180,10 @@ pub fn intermediate_authority(now: jiff::Timestamp) -> Authority {
         rcgen::KeyUsagePurpose::CrlSign,
         rcgen::KeyUsagePurpose::DigitalSignature,
     ];
-    params.not_before = time::OffsetDateTime::from_unix_timestamp(now.as_second() - 3 * 3600).unwrap();
-    params.not_after = time::OffsetDateTime::from_unix_timestamp(now.as_second() + 30 * 86400).unwrap();
+    params.not_before =
+        time::OffsetDateTime::from_unix_timestamp(now.as_second() - 3 * 3600).unwrap();
+    params.not_after =
+        time::OffsetDateTime::from_unix_timestamp(now.as_second() + 30 * 86400).unwrap();
     let cert = params
         .signed_by(&key, &root.issuer().expect("issuer"))
         .expect("sign intermediate");
@@ -164,7 +196,80 @@ pub fn intermediate_authority(now: jiff::Timestamp) -> Authority {
     .expect("intermediate authority")
 }
 
-/// Which groups of identities to write.
+/// Issue `s` with `ca` at `issued_at` for `duration` and write it as a mounted Secret would be,
+/// with `ca_pem` as its `ca.crt`. Returns the identity's directory.
+#[allow(clippy::too_many_arguments)]
+pub fn write_issued(
+    out: &Path,
+    s: &Spec,
+    ca: &Authority,
+    issued_at: jiff::Timestamp,
+    duration: Duration,
+    ca_pem: &str,
+    chain: &'static str,
+    source: &str,
+) -> PathBuf {
+    let leaf = issue(&request(s, duration), ca, issued_at).expect("issue");
+    let stores = pkcs12(
+        &leaf.chain_pem,
+        &leaf.key_pem,
+        ca_pem,
+        PASSWORD,
+        Pkcs12Profile::Modern2023,
+    )
+    .expect("pkcs12");
+    let dir = out.join(&s.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let w = |f: &str, b: &[u8]| std::fs::write(dir.join(f), b).unwrap();
+    w("tls.crt", leaf.chain_pem.as_bytes());
+    w("tls.key", leaf.key_pem.as_bytes());
+    w("ca.crt", ca_pem.as_bytes());
+    w("keystore.p12", &stores.keystore_p12);
+    w("truststore.p12", &stores.truststore_p12);
+    w(PASSWORD_FILE, PASSWORD.as_bytes());
+    Meta::new(s, chain, leaf.not_after.to_string(), source.into()).write(&dir);
+    dir
+}
+
+/// An identity the controller cannot be asked for: issued 40 minutes ago for 20 minutes by `ca` (so it
+/// expired 20 minutes ago, inside the validity of a CA created just now, and differs from a good one
+/// in nothing else), with `ca`'s trust bundle.
+pub fn write_expired(out: &Path, name: &str, ca: &Authority, source: &str) -> PathBuf {
+    let now = jiff::Timestamp::now();
+    let s = spec(name, KeySpec::EcdsaP256, Role::Expired);
+    let past = now - jiff::SignedDuration::from_mins(40);
+    write_issued(
+        out,
+        &s,
+        ca,
+        past,
+        Duration::from_secs(20 * 60),
+        &ca.bundle_pem(),
+        "root",
+        source,
+    )
+}
+
+/// Signed by a CA nobody trusts, but trusting `trusted` itself (a realistic impostor: it can verify its
+/// peer, so the failure is the peer's verdict on it, not its own on the peer).
+pub fn write_untrusted(out: &Path, name: &str, trusted: &Authority, source: &str) -> PathBuf {
+    let now = jiff::Timestamp::now();
+    let rogue = Authority::generate_root(now).expect("rogue root");
+    let s = spec(name, KeySpec::EcdsaP256, Role::Untrusted);
+    let day = Duration::from_secs(24 * 3600);
+    write_issued(
+        out,
+        &s,
+        &rogue,
+        now,
+        day,
+        &trusted.bundle_pem(),
+        "root",
+        source,
+    )
+}
+
+/// Which groups of identities `generate` writes.
 #[derive(Clone, Copy, Debug)]
 pub struct Sets {
     pub matrix: bool,
@@ -173,12 +278,6 @@ pub struct Sets {
 }
 
 impl Sets {
-    pub const ALL: Sets = Sets {
-        matrix: true,
-        intermediate: true,
-        negatives: true,
-    };
-
     /// `TLSID_INTEROP_SETS=matrix,intermediate,negatives` (default: all).
     pub fn from_env() -> Sets {
         match std::env::var("TLSID_INTEROP_SETS") {
@@ -190,13 +289,17 @@ impl Sets {
                     negatives: has("negatives"),
                 }
             }
-            _ => Sets::ALL,
+            _ => Sets {
+                matrix: true,
+                intermediate: true,
+                negatives: true,
+            },
         }
     }
 }
 
-/// The signing CA: `ca_dir` (tls.crt, tls.key, optional ca.crt of a CA Secret, e.g. the cluster CA the
-/// real controller uses) or a fresh root backdated a day so expired leaves nest inside it.
+/// The signing CA: `ca_dir` (tls.crt, tls.key, optional ca.crt of a CA Secret) or a fresh root
+/// backdated a day so expired leaves nest inside it.
 pub fn load_or_generate_ca(ca_dir: Option<&Path>, now: jiff::Timestamp) -> Authority {
     match ca_dir {
         Some(dir) => {
@@ -210,119 +313,46 @@ pub fn load_or_generate_ca(ca_dir: Option<&Path>, now: jiff::Timestamp) -> Autho
     }
 }
 
-/// Write the identities of `sets` into `out`; returns their directories.
+/// Without a cluster: write the identities of `sets` into `out`, all signed by the library; returns
+/// their directories.
 pub fn generate(out: &Path, ca: &Authority, sets: Sets, keys: &[KeySpec]) -> Vec<PathBuf> {
+    const SOURCE: &str = "tests/interop fixtures (tlsid::pki::issue + keystore::pkcs12)";
     let now = jiff::Timestamp::now();
     let day = Duration::from_secs(24 * 3600);
     std::fs::create_dir_all(out).expect("create identity dir");
-    let mut written = Vec::new();
     let bundle = ca.bundle_pem();
-
-    let mut write = |s: &Spec,
-                     ca: &Authority,
-                     issued_at: jiff::Timestamp,
-                     duration: Duration,
-                     ca_pem: &str,
-                     chain: &str| {
-        let leaf = issue(&request(s, duration), ca, issued_at).expect("issue");
-        let stores = pkcs12(
-            &leaf.chain_pem,
-            &leaf.key_pem,
-            ca_pem,
-            PASSWORD,
-            Pkcs12Profile::Modern2023,
-        )
-        .expect("pkcs12");
-        let dir = out.join(&s.name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let w = |f: &str, b: &[u8]| std::fs::write(dir.join(f), b).unwrap();
-        w("tls.crt", leaf.chain_pem.as_bytes());
-        w("tls.key", leaf.key_pem.as_bytes());
-        w("ca.crt", ca_pem.as_bytes());
-        w("keystore.p12", &stores.keystore_p12);
-        w("truststore.p12", &stores.truststore_p12);
-        w(PASSWORD_FILE, PASSWORD.as_bytes());
-        let meta = serde_json::json!({
-            "name": s.name,
-            "key_type": key_type_name(s.key),
-            "role": s.role.as_str(),
-            "chain": chain,
-            "dns_names": s.dns,
-            "ip_addresses": if s.role == Role::WrongSan { vec![] } else { vec!["127.0.0.1"] },
-            "usages": s.usages.iter().map(|u| match u { Usage::Server => "server", Usage::Client => "client" }).collect::<Vec<_>>(),
-            "password_file": PASSWORD_FILE,
-            "pkcs12_profile": "Modern2023",
-            "not_after": leaf.not_after.to_string(),
-            "source": "tests/interop fixtures (tlsid::pki::issue + keystore::pkcs12)",
-        });
-        w("meta.json", serde_json::to_string_pretty(&meta).unwrap().as_bytes());
-        written.push(dir);
-    };
-
+    let mut written = Vec::new();
     if sets.matrix {
         for &key in keys {
-            write(
-                &spec(&key_type_name(key), key, Role::Matrix),
-                ca,
-                now,
-                day,
-                &bundle,
-                "root",
-            );
+            let s = spec(&key_type_name(key), key, Role::Matrix);
+            written.push(write_issued(out, &s, ca, now, day, &bundle, "root", SOURCE));
         }
     }
     if sets.intermediate {
         let ica = intermediate_authority(now);
-        write(
-            &spec("intermediate-ecdsa-p256", KeySpec::EcdsaP256, Role::Matrix),
+        let s = spec("intermediate-ecdsa-p256", KeySpec::EcdsaP256, Role::Matrix);
+        written.push(write_issued(
+            out,
+            &s,
             &ica,
             now,
             day,
             &ica.bundle_pem(),
             "intermediate",
-        );
+            SOURCE,
+        ));
     }
     if sets.negatives {
-        let p256 = KeySpec::EcdsaP256;
-        write(
-            &spec("neg-wrong-san", p256, Role::WrongSan),
-            ca,
-            now,
-            day,
-            &bundle,
-            "root",
-        );
-        write(
-            &spec("neg-server-only", p256, Role::ServerOnly),
-            ca,
-            now,
-            day,
-            &bundle,
-            "root",
-        );
-        write(
-            &spec("neg-client-only", p256, Role::ClientOnly),
-            ca,
-            now,
-            day,
-            &bundle,
-            "root",
-        );
-        // Issued two hours ago for one hour: expired an hour ago, by the same CA everyone trusts.
-        let past = now - jiff::SignedDuration::from_hours(2);
-        write(
-            &spec("neg-expired", p256, Role::Expired),
-            ca,
-            past,
-            Duration::from_secs(3600),
-            &bundle,
-            "root",
-        );
-        // Signed by a CA nobody trusts, but trusting the real CA itself (a realistic impostor: it can
-        // verify its peer, so the failure is the peer's verdict on it, not its own on the peer).
-        let rogue = Authority::generate_root(now).expect("rogue root");
-        let leaf_spec = spec("neg-untrusted", p256, Role::Untrusted);
-        write(&leaf_spec, &rogue, now, day, &bundle, "root");
+        for (name, role) in [
+            ("neg-wrong-san", Role::WrongSan),
+            ("neg-server-only", Role::ServerOnly),
+            ("neg-client-only", Role::ClientOnly),
+        ] {
+            let s = spec(name, KeySpec::EcdsaP256, role);
+            written.push(write_issued(out, &s, ca, now, day, &bundle, "root", SOURCE));
+        }
+        written.push(write_expired(out, "neg-expired", ca, SOURCE));
+        written.push(write_untrusted(out, "neg-untrusted", ca, SOURCE));
     }
     written
 }

@@ -68,7 +68,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn load(dir: &Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, RootCertStore) {
+fn load(
+    dir: &Path,
+) -> (
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+    RootCertStore,
+) {
     let chain = CertificateDer::pem_file_iter(dir.join("tls.crt"))
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
@@ -138,7 +144,9 @@ fn server(a: Args) {
             println!("CONN ok {version} {peer}");
             // An HTTP/1.1 response when the client sends a request within a moment, else a greeting
             // line (as the tlsid demo server sends).
-            tls.sock.set_read_timeout(Some(Duration::from_millis(400))).ok();
+            tls.sock
+                .set_read_timeout(Some(Duration::from_millis(400)))
+                .ok();
             let mut head = Vec::new();
             let mut buf = [0u8; 4096];
             while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -180,7 +188,10 @@ fn client(a: Args) -> bool {
             let tcp = TcpStream::connect(&a.connect).map_err(|e| e.to_string())?;
             tcp.set_read_timeout(Some(Duration::from_secs(5))).ok();
             let mut tls = StreamOwned::new(conn, tcp);
-            let req = format!("GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", a.server_name);
+            let req = format!(
+                "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                a.server_name
+            );
             tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
             let mut reader = BufReader::new(&mut tls);
             let mut line = String::new();
