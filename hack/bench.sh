@@ -17,8 +17,9 @@
 #   TLSID_BENCH_CONCURRENCY  controller --concurrency (default: the controller's own, 16)
 #   TLSID_BENCH_TIMEOUT_SECS per-N limit for all Ready (default 600)
 #   TLSID_BENCH_OUT          output dir (default target/bench)
-#   TLSID_BENCH_APISERVER_PORT / TLSID_BENCH_ETCD_PORT (default 17443 / 17379;
-#   etcd also uses +1), TLSID_BENCH_CONTROLLER_PORT (default 17080)
+#   TLSID_BENCH_APISERVER_PORT / TLSID_BENCH_ETCD_PORT (default 19443 / 19379;
+#   etcd also uses +1), TLSID_BENCH_CONTROLLER_PORT (default 19080)
+#   TLSID_BENCH_NO_BUILD=1   use the binaries already in target/release
 #   TLSID_CACHE              cache root (default ~/.cache/tlsid); the cluster
 #                            lives in $TLSID_CACHE/bench-cluster
 set -euo pipefail
@@ -30,23 +31,29 @@ cd "${ROOT}"
 
 SIZES="${TLSID_BENCH_SIZES:-100 1000}"
 OUT="$(realpath -m "${TLSID_BENCH_OUT:-target/bench}")"
-CONTROLLER_PORT="${TLSID_BENCH_CONTROLLER_PORT:-17080}"
+CONTROLLER_PORT="${TLSID_BENCH_CONTROLLER_PORT:-19080}"
 CA_NAMESPACE=tlsid-bench-system
 export TLSID_CLUSTER_DIR="${TLSID_CACHE}/bench-cluster"
-export TLSID_APISERVER_PORT="${TLSID_BENCH_APISERVER_PORT:-17443}"
-export TLSID_ETCD_PORT="${TLSID_BENCH_ETCD_PORT:-17379}"
+export TLSID_APISERVER_PORT="${TLSID_BENCH_APISERVER_PORT:-19443}"
+export TLSID_ETCD_PORT="${TLSID_BENCH_ETCD_PORT:-19379}"
 export TLSID_BENCH_OUT="${OUT}"
 
 log() { printf 'bench.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # --- build -------------------------------------------------------------------
-log "building (release): tlsid and benches/idents.rs"
 # One cargo call builds both (the bench target gets release settings). The
 # bench exe is then run directly, not through `cargo bench`, so no cargo lock
 # is held while it runs.
-BENCH_EXE="$(cargo build --release --bins --bench idents --message-format=json-render-diagnostics |
-  jq -r 'select(.reason == "compiler-artifact" and .target.name == "idents" and .executable != null) | .executable' | tail -1)"
+if [[ ${TLSID_BENCH_NO_BUILD:-} == 1 ]]; then
+  log "TLSID_BENCH_NO_BUILD=1: using the binaries in target/release"
+  BENCH_EXE="$(find target/release/deps -maxdepth 1 -type f -executable -name 'idents-*' -printf '%T@ %p\n' 2>/dev/null |
+    sort -n | tail -1 | cut -d' ' -f2-)"
+else
+  log "building (release): tlsid and benches/idents.rs"
+  BENCH_EXE="$(cargo build --release --bins --bench idents --message-format=json-render-diagnostics |
+    jq -r 'select(.reason == "compiler-artifact" and .target.name == "idents" and .executable != null) | .executable' | tail -1)"
+fi
 [[ -x ${BENCH_EXE} ]] || die "could not build benches/idents.rs"
 TLSID="${ROOT}/target/release/tlsid"
 [[ -x ${TLSID} ]] || die "${TLSID} not built"

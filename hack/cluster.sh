@@ -39,6 +39,8 @@
 #   TLSID_POD_CIDR               pod network (default 10.244.0.0/24)
 #   TLSID_NODE_SNAPSHOTTER       containerd snapshotter (default overlayfs,
 #                                native when an overlay mount fails)
+#   TLSID_NODE_SYNC_FREQUENCY    kubelet syncFrequency (default 1m): also how
+#                                soon an updated Secret reaches pod volumes
 # The node IP is the advertise address (default: the default route's source).
 set -euo pipefail
 
@@ -557,7 +559,7 @@ main() {
     down) cmd_down ;;
     status) cmd_status ;;
     env) cmd_env ;;
-    -h | --help | help) sed -n '2,42s/^# \{0,1\}//p' "$0" ;;
+    -h | --help | help) sed -n '2,44s/^# \{0,1\}//p' "$0" ;;
     *) sed -n '6,20s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
   esac
 }

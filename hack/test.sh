@@ -16,9 +16,6 @@ step "lint"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 
-step "build"
-cargo build --locked --all-targets
-
 # The test control plane has its own state dir and ports, apart from `make cluster`'s.
 export TLSID_CLUSTER_DIR="${TLSID_CACHE}/test-cluster"
 export TLSID_APISERVER_PORT="${TLSID_TEST_APISERVER_PORT:-16443}"
@@ -31,6 +28,7 @@ TLSID_TEST_KUBECONFIG="$(hack/cluster.sh up | tail -n 1)"
 export TLSID_TEST_KUBECONFIG
 
 step "unit and integration tests"
+# Builds every target too, the tlsid binary included (the e2e image is made from it).
 cargo test --locked --all-targets
 
 step "interop matrix"
@@ -43,5 +41,8 @@ sed '/^### Negative cases/,$d' "${matrix}"
 
 step "chart"
 KUBECONFIG="${TLSID_TEST_KUBECONFIG}" hack/chart.sh check
+
+step "e2e on a real node"
+hack/e2e.sh
 
 step "done"

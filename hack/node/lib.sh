@@ -324,6 +324,9 @@ healthzBindAddress: 127.0.0.1
 healthzPort: 10248
 readOnlyPort: 0
 serializeImagePulls: false
+# How often each pod is synced, which is also how soon a changed Secret
+# reaches the pods that mount it (kubelet's default: 1m).
+syncFrequency: ${TLSID_NODE_SYNC_FREQUENCY:-1m}
 rotateCertificates: false
 serverTLSBootstrap: false
 maxPods: 110

@@ -105,12 +105,7 @@ async fn connect_until(
     let mut shutdown = pin!(shutdown);
     let provider = super::provider();
     let store = tokio::select! {
-        store = CredentialStore::wait_for_initial(
-            args.cert_dir.clone(),
-            provider.clone(),
-            args.reload_interval,
-            telemetry.clone(),
-        ) => store,
+        store = Source::load(&args, &provider, &telemetry) => store?,
         () = &mut shutdown => return Ok(()),
     };
     info!(
@@ -149,6 +144,97 @@ async fn connect_until(
         );
     }
     Ok(())
+}
+
+/// Where each attempt's credentials come from: the mounted Secret, or (`--impostor`) a fixed set
+/// from a throwaway CA.
+enum Source {
+    Mounted(Box<CredentialStore>),
+    Impostor(Arc<Credentials>),
+}
+
+impl Source {
+    async fn load(
+        args: &ClientArgs,
+        provider: &Arc<CryptoProvider>,
+        telemetry: &Arc<Telemetry>,
+    ) -> anyhow::Result<Self> {
+        if !args.impostor {
+            let store = CredentialStore::wait_for_initial(
+                args.cert_dir.clone(),
+                provider.clone(),
+                args.reload_interval,
+                telemetry.clone(),
+            )
+            .await;
+            return Ok(Self::Mounted(Box::new(store)));
+        }
+        // Only the trust bundle is wanted, and it may appear after the pod starts.
+        let path = args.cert_dir.join(super::credentials::CA_CRT);
+        let mut warned = false;
+        let ca = loop {
+            match tokio::fs::read(&path).await {
+                Ok(ca) => break ca,
+                Err(e) if !warned => {
+                    warn!(path = %path.display(), error = %e, "waiting for the trust bundle");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(args.reload_interval.max(Duration::from_millis(100))).await;
+        };
+        let (crt, key) = impostor_certificate().context("cannot make the impostor certificate")?;
+        let creds = super::credentials::parse(crt.as_bytes(), key.as_bytes(), &ca, provider)
+            .context("impostor credentials")?;
+        warn!(
+            identity = %creds.leaf.identity,
+            serial = %creds.leaf.serial,
+            trust_bundle = %path.display(),
+            "impostor mode: presenting a certificate from a throwaway CA (not tlsid's); \
+             the server should reject every handshake",
+        );
+        telemetry.credentials_loaded(&creds.leaf);
+        Ok(Self::Impostor(Arc::new(creds)))
+    }
+
+    async fn current(&self) -> Arc<Credentials> {
+        match self {
+            Self::Mounted(store) => store.current().await,
+            Self::Impostor(creds) => creds.clone(),
+        }
+    }
+}
+
+/// A self-signed CA that exists only in this process, and a client certificate it signed: as
+/// well-formed as a tlsid one, but from an issuer no tlsid trust bundle contains. PEM (cert, key).
+fn impostor_certificate() -> Result<(String, String), rcgen::Error> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "tlsid demo impostor CA (throwaway)");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = now - time::Duration::minutes(1);
+    ca.not_after = now + time::Duration::days(1);
+
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut leaf = CertificateParams::new(Vec::<String>::new())?;
+    leaf.distinguished_name.push(DnType::CommonName, "impostor");
+    leaf.subject_alt_names = vec![SanType::URI(
+        "spiffe://impostor.invalid/demo-client".try_into()?,
+    )];
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    leaf.not_before = ca.not_before;
+    leaf.not_after = ca.not_after;
+    let crt = leaf.signed_by(&key, &Issuer::new(ca, ca_key))?.pem();
+    Ok((crt, key.serialize_pem()))
 }
 
 /// One attempt, logged and counted. Returns whether it succeeded.
@@ -358,5 +444,25 @@ mod tests {
             assert!(Target::parse(bad, None).is_err(), "{bad}");
         }
         assert!(Target::parse("demo:8443", Some("not a name")).is_err());
+    }
+
+    #[test]
+    fn the_impostor_certificate_is_a_fresh_client_certificate() {
+        let (crt, key) = impostor_certificate().unwrap();
+        let (other, _) = impostor_certificate().unwrap();
+        assert_ne!(crt, other, "a fresh CA and key every start");
+        // Any valid bundle loads it (the server's bundle is what rejects it).
+        let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let bundle = ca.self_signed(&ca_key).unwrap().pem();
+        let creds = crate::demo::credentials::parse(
+            crt.as_bytes(),
+            key.as_bytes(),
+            bundle.as_bytes(),
+            &crate::demo::provider(),
+        )
+        .unwrap();
+        assert_eq!(creds.leaf.identity, "spiffe://impostor.invalid/demo-client");
     }
 }

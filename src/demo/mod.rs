@@ -96,6 +96,12 @@ pub struct ClientArgs {
     /// How often at most to check --cert-dir for rotated credentials (Go-style duration, e.g. 1s).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub reload_interval: Duration,
+
+    /// Present a certificate from a throwaway CA made in memory at start instead of tls.crt and
+    /// tls.key; only ca.crt is read from --cert-dir (to verify the server). Shows a server
+    /// rejecting a client that tlsid did not issue.
+    #[arg(long)]
+    pub impostor: bool,
 }
 
 /// Serve mTLS until `shutdown` resolves; then stop accepting and let connections in flight finish.

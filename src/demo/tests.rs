@@ -307,6 +307,7 @@ async fn start_client(dir: &CertDir, server: SocketAddr, count: Option<u64>) -> 
         count,
         metrics_listen: metrics_addr,
         reload_interval: RELOAD,
+        impostor: false,
     };
     let target = Target::parse(&args.connect, args.server_name.as_deref()).unwrap();
     let (stop, signal) = stop_signal();

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# End to end on a real node (a stage of `make test`): start a single-node
+# cluster (hack/cluster.sh up --node) in its own state dir, load the tlsid
+# image built from the debug binary, `helm install` the chart, run the Rust
+# test tests/e2e.rs (the mTLS demo: handshakes both ways, a rotation of both
+# identities under load, an impostor), then `helm uninstall`, delete the
+# namespaces and check that nothing is left behind: no object in the cluster
+# and no container or pod network interface on the node. The cluster is always
+# stopped on exit.
+#
+# Usage: hack/e2e.sh
+# Environment:
+#   TLSID_E2E_KEEP=1              leave the cluster running on exit (for a look
+#                                 around: eval "$(TLSID_CLUSTER_DIR=... hack/cluster.sh env)")
+#   TLSID_E2E_SYNC_FREQUENCY      kubelet syncFrequency (default 10s): bounds how
+#                                 soon a renewed Secret reaches the pods; the
+#                                 test asserts against it
+#   TLSID_E2E_APISERVER_PORT, TLSID_E2E_ETCD_PORT   (default 19443, 19379)
+# Needs root (the node tier does). Only one node cluster runs per machine: if
+# another one (e.g. `make demo`'s) owns it, this fails and says which.
+set -euo pipefail
+
+# shellcheck source=hack/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "${TLSID_HACK_DIR}/.."
+
+RELEASE=tlsid
+SYSTEM_NS=tlsid-system
+DEMO_NS=tlsid-demo
+TIMEOUT=120s
+# Own state dir and ports, whatever the caller (hack/test.sh) exported.
+export TLSID_CLUSTER_DIR="${TLSID_CACHE}/e2e-cluster"
+export TLSID_APISERVER_PORT="${TLSID_E2E_APISERVER_PORT:-19443}"
+export TLSID_ETCD_PORT="${TLSID_E2E_ETCD_PORT:-19379}"
+export TLSID_NODE_SYNC_FREQUENCY="${TLSID_E2E_SYNC_FREQUENCY:-10s}"
+unset TLSID_APISERVER_BIND_ADDRESS
+
+log() { printf 'e2e.sh: %s\n' "$*" >&2; }
+die() { printf 'e2e.sh: error: %s\n' "$*" >&2; exit 1; }
+stage() { printf '\n--- e2e: %s (%ss)\n' "$*" "${SECONDS}" >&2; }
+
+[[ ${EUID} -eq 0 ]] || die "the node cluster needs root (containers, iptables, mounts)"
+
+# One e2e at a time on this machine (there is one node anyway). The cluster's
+# daemons never inherit fd 9 (cluster.sh closes it), so the lock ends with us.
+mkdir -p "${TLSID_CACHE}"
+exec 9>"${TLSID_CACHE}/e2e.lock"
+if ! flock -n 9; then
+  log "another hack/e2e.sh is running; waiting for it (up to 15 minutes)"
+  flock -w 900 9 || die "another hack/e2e.sh holds ${TLSID_CACHE}/e2e.lock"
+fi
+
+down() {
+  local status=$?
+  if [[ -n ${TLSID_E2E_KEEP:-} ]]; then
+    log "TLSID_E2E_KEEP set: cluster left running; stop it with TLSID_CLUSTER_DIR=${TLSID_CLUSTER_DIR} hack/cluster.sh down"
+  else
+    hack/cluster.sh down >/dev/null 2>&1 || log "warning: hack/cluster.sh down failed (TLSID_CLUSTER_DIR=${TLSID_CLUSTER_DIR})"
+  fi
+  exit "${status}"
+}
+
+stage "build"
+# No-ops after `make test`'s `cargo test --all-targets`, except the e2e test, which
+# --all-targets skips (test = false in Cargo.toml).
+cargo build --locked --bin tlsid --test e2e
+cargo clippy --locked --test e2e -- -D warnings
+# The debug binary without its debug info (370 MB → 26 MB): same code, a
+# quicker image import.
+mkdir -p "${TLSID_CACHE}/e2e"
+strip -o "${TLSID_CACHE}/e2e/tlsid.tmp" target/debug/tlsid
+mv -f "${TLSID_CACHE}/e2e/tlsid.tmp" "${TLSID_CACHE}/e2e/tlsid"
+
+stage "node cluster (${TLSID_CLUSTER_DIR}, kubelet syncFrequency ${TLSID_NODE_SYNC_FREQUENCY})"
+# A leftover of an interrupted run goes first: the test starts from scratch.
+hack/cluster.sh down >/dev/null 2>&1 || true
+trap down EXIT
+KUBECONFIG="$(hack/cluster.sh up --node | tail -n 1)"
+export KUBECONFIG
+kubectl="$(tlsid_bin kubectl)"
+helm="$(tlsid_bin helm)"
+k() { "${kubectl}" "$@"; }
+
+stage "image and chart"
+hack/image.sh tlsid "${TLSID_CACHE}/e2e/tlsid" >/dev/null
+start=${SECONDS}
+"${helm}" install "${RELEASE}" charts/tlsid --namespace "${SYSTEM_NS}" --create-namespace \
+  --set image.pullPolicy=Never --wait --timeout "${TIMEOUT}" >/dev/null
+log "helm install: controller ready in $((SECONDS - start))s"
+
+stage "test (tests/e2e.rs)"
+TLSID_E2E_KUBECONFIG="${KUBECONFIG}" TLSID_E2E_KUBELET_SYNC_FREQUENCY="${TLSID_NODE_SYNC_FREQUENCY}" \
+  cargo test --locked --test e2e -- --nocapture
+
+stage "uninstall, delete the namespaces, look for orphans"
+start=${SECONDS}
+"${helm}" uninstall "${RELEASE}" --namespace "${SYSTEM_NS}" --wait --timeout "${TIMEOUT}" >/dev/null
+# With the controller gone, the demo must still go away with its namespace:
+# nothing of ours may block deletion (no finalizers) or survive it.
+k delete namespace "${DEMO_NS}" "${SYSTEM_NS}" --wait --timeout "${TIMEOUT}" >/dev/null
+log "helm uninstall + namespace deletion: $((SECONDS - start))s"
+
+# The CRD stays on uninstall by design (crds.keep=true in values.yaml).
+[[ "$(k get crd tlsidentities.tlsid.dev -o jsonpath='{.metadata.annotations.helm\.sh/resource-policy}')" == keep ]] ||
+  die "the TlsIdentity CRD is gone or lost its helm.sh/resource-policy=keep annotation"
+k delete crd tlsidentities.tlsid.dev --wait --timeout "${TIMEOUT}" >/dev/null
+
+# Every listable object in the cluster whose name, namespace or labels
+# mention tlsid, but the node's own (its Node, CSINode and Lease are named
+# tlsid-node, CoreDNS's RBAC tlsid:coredns).
+leftovers() {
+  local kinds
+  kinds="$(k api-resources --verbs=list -o name | grep -v '^events' | paste -sd, -)"
+  k get "${kinds}" --all-namespaces --ignore-not-found \
+    -o 'jsonpath={range .items[*]}{.kind}/{.metadata.namespace}/{.metadata.name} {.metadata.labels}{"\n"}{end}' 2>/dev/null |
+    grep -i tlsid |
+    grep -vE '^(Node|CSINode)//tlsid-node |^Lease/kube-node-lease/tlsid-node |^ClusterRole(Binding)?//tlsid:coredns ' || true
+}
+# The apiserver drops the CRD's APIService on its own schedule: wait a little.
+deadline=$((SECONDS + 30))
+until [[ -z "$(leftovers)" ]]; do
+  ((SECONDS < deadline)) || die "left behind after uninstall and namespace deletion:"$'\n'"$(leftovers)"
+  sleep 1
+done
+
+# On the node: the pods' containers stopped and their veths gone (the kubelet
+# tears pods down asynchronously, so wait for it).
+node_leftovers() {
+  ctr --address /run/tlsid-node/containerd.sock -n k8s.io tasks ls 2>/dev/null | awk 'NR > 1 && $3 == "RUNNING" { print "task " $1 }'
+  ip -o link show master tlsid0 2>/dev/null | awk -F': ' '{ print "veth " $2 }'
+}
+deadline=$((SECONDS + 60))
+until [[ -z "$(node_leftovers)" ]]; do
+  ((SECONDS < deadline)) || die "left running on the node 60s after the pods were deleted:"$'\n'"$(node_leftovers)"
+  sleep 1
+done
+log "no orphans: no tlsid object in the cluster, no container running and no pod interface on the node"
+stage "done"

@@ -1,0 +1,781 @@
+//! End to end on a real node: the chart's controller, the mTLS demo pods it runs, a rotation under
+//! load, and an impostor. Driven by `hack/e2e.sh` (a stage of `make test`), which starts the node
+//! cluster, loads the image, installs the chart with helm, runs this, then uninstalls and checks
+//! for orphans. A plain `cargo test` does not build this target (`test = false` in Cargo.toml);
+//! run on its own it needs:
+//!
+//! - `TLSID_E2E_KUBECONFIG`: a cluster with nodes, the chart installed and `tlsid:dev` loaded;
+//! - `TLSID_E2E_KUBELET_SYNC_FREQUENCY` (default `1m`, the kubelet's): the node's
+//!   `syncFrequency`, which bounds how soon a renewed Secret reaches the pods.
+//!
+//! Everything asserted is read from the pods themselves: their `/metrics` through the apiserver's
+//! pod proxy, and their logs. It prints the figures it saw at the end.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::{
+    Api, Client, Config, ResourceExt,
+    api::{
+        DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, Patch, PatchParams,
+    },
+    config::{KubeConfigOptions, Kubeconfig},
+    discovery::pinned_kind,
+    runtime::wait::{Condition, await_condition, conditions},
+};
+use tlsid::api::{RENEW_ANNOTATION, TlsIdentity};
+
+const NS: &str = "tlsid-demo";
+const SERVER: &str = "demo-server";
+const CLIENT: &str = "demo-client";
+const IMPOSTOR: &str = "demo-impostor";
+const METRICS_PORT: u16 = 9090;
+const FIELD_MANAGER: &str = "tlsid-e2e";
+/// Pods start from an image already on the node: a minute is plenty for anything but a rotation.
+const TIMEOUT: Duration = Duration::from_secs(90);
+/// Successful exchanges with the new certificates on both sides before the window closes.
+const AFTER_ROTATION: f64 = 3.0;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_demo_on_a_real_node() {
+    let e2e = E2e::from_env().await;
+    let started = Instant::now();
+
+    // === the demo: handshakes both ways ===
+    e2e.apply_file("examples/mtls-demo.yaml").await;
+    let server_id = e2e.wait_identity(SERVER, "Ready", |_| true).await;
+    let client_id = e2e.wait_identity(CLIENT, "Ready", |_| true).await;
+    let (server_serial, client_serial) = (serial(&server_id), serial(&client_id));
+    let server = e2e.ready_pod("demo-server", SERVER).await;
+    let client = e2e.ready_pod("demo-client", CLIENT).await;
+    step(&format!(
+        "demo up: pods {} and {} ({:.0?})",
+        server.name_any(),
+        client.name_any(),
+        started.elapsed()
+    ));
+
+    let (s, c) = e2e
+        .eventually(
+            "a successful mTLS handshake seen by both sides",
+            TIMEOUT,
+            || async {
+                let (s, c) = (e2e.scrape(&server).await?, e2e.scrape(&client).await?);
+                let both = s.handshakes("server", "success") > 0.0
+                    && c.handshakes("client", "success") > 0.0
+                    && s.peer_serial() == Some(client_serial.clone())
+                    && c.peer_serial() == Some(server_serial.clone());
+                both.then_some((s, c))
+            },
+        )
+        .await;
+    assert_eq!(
+        s.own_serial().as_deref(),
+        Some(server_serial.as_str()),
+        "server presents its identity's certificate"
+    );
+    assert_eq!(
+        c.own_serial().as_deref(),
+        Some(client_serial.as_str()),
+        "client presents its identity's certificate"
+    );
+    let server_log = e2e.log(&server).await;
+    let client_log = e2e.log(&client).await;
+    assert_log(
+        &server_log,
+        &[
+            "mTLS handshake ok",
+            "role=server",
+            &format!("peer_serial={client_serial}"),
+            "sa/demo-client",
+        ],
+    );
+    assert_log(
+        &client_log,
+        &[
+            "mTLS handshake ok",
+            "role=client",
+            &format!("peer_serial={server_serial}"),
+            "sa/demo-server",
+        ],
+    );
+    assert_eq!(
+        s.handshakes("server", "failure"),
+        0.0,
+        "server handshake failures before the rotation:\n{server_log}"
+    );
+    assert_eq!(
+        c.handshakes("client", "failure"),
+        0.0,
+        "client handshake failures before the rotation:\n{client_log}"
+    );
+    step(&format!(
+        "mTLS both ways: server accepted {} (serial {client_serial}), client verified {} (serial {server_serial})",
+        client_id.name_any(),
+        server_id.name_any()
+    ));
+
+    // === rotation of both identities under load ===
+    let before = Window::scrape(&e2e, &server, &client).await;
+    let requested = jiff::Timestamp::now();
+    let requested_at = Instant::now();
+    for name in [SERVER, CLIENT] {
+        e2e.request_renewal(name, &requested.as_second().to_string())
+            .await;
+    }
+    let new_server = serial(
+        &e2e.wait_identity(SERVER, "a new serial", |s| s != server_serial)
+            .await,
+    );
+    let new_client = serial(
+        &e2e.wait_identity(CLIENT, "a new serial", |s| s != client_serial)
+            .await,
+    );
+    step(&format!(
+        "renewal requested at {requested}: issued {new_server} (server) and {new_client} (client) after {:.1?}",
+        requested_at.elapsed()
+    ));
+
+    // The kubelet refreshes a pod's Secret volume when it syncs the pod: every syncFrequency,
+    // with up to 50% jitter. Then the pods' own 1 s reload check, and our scrape.
+    let bound = e2e.sync_frequency.mul_f64(1.5) + Duration::from_secs(15);
+    let c = e2e
+        .eventually("both pods serving the new serials", bound, || async {
+            let (s, c) = (e2e.scrape(&server).await?, e2e.scrape(&client).await?);
+            let served = s.own_serial() == Some(new_server.clone())
+                && c.own_serial() == Some(new_client.clone())
+                && c.peer_serial() == Some(new_server.clone())
+                && s.peer_serial() == Some(new_client.clone());
+            served.then_some(c)
+        })
+        .await;
+    // Keep the window open for a few more exchanges on the new certificates.
+    let c_new = c.handshakes("client", "success");
+    e2e.eventually(
+        "more exchanges on the new certificates",
+        TIMEOUT,
+        || async {
+            let c = e2e.scrape(&client).await?;
+            (c.handshakes("client", "success") >= c_new + AFTER_ROTATION).then_some(())
+        },
+    )
+    .await;
+    let after = Window::scrape(&e2e, &server, &client).await;
+    let rotation = after.since(&before);
+
+    let server_log = e2e.log(&server).await;
+    let client_log = e2e.log(&client).await;
+    let server_took = reload_delay(
+        &server_log,
+        &serial_of(&before.server),
+        &new_server,
+        requested,
+    );
+    let client_took = reload_delay(
+        &client_log,
+        &serial_of(&before.client),
+        &new_client,
+        requested,
+    );
+    assert_eq!(
+        (
+            rotation.server_failed,
+            rotation.client_failed,
+            rotation.client_unreachable
+        ),
+        (0.0, 0.0, 0.0),
+        "failures during the rotation window (server handshakes, client handshakes, client connects)\n\
+         server log:\n{server_log}\nclient log:\n{client_log}"
+    );
+    assert!(rotation.client_ok >= AFTER_ROTATION, "{rotation:?}");
+    for (pod, role) in [(&server, "demo-server"), (&client, "demo-client")] {
+        let now = e2e.pod(&pod.name_any()).await;
+        assert_eq!(
+            now.uid(),
+            pod.uid(),
+            "{role} pod replaced: a rotation must not need a restart"
+        );
+        assert_eq!(
+            restarts(&now),
+            restarts(pod),
+            "{role} container restarted during the rotation"
+        );
+    }
+    let sync_bound = bound.as_secs_f64();
+    for (who, took) in [("server", server_took), ("client", client_took)] {
+        assert!(
+            took <= sync_bound,
+            "{who} served its new serial {took:.1} s after the request (bound {sync_bound:.0} s)"
+        );
+    }
+    step(&format!(
+        "rotation: server serving {new_server} {server_took:.1} s and client {new_client} {client_took:.1} s after the request; \
+         {} exchanges, 0 failures in the window",
+        rotation.client_attempted()
+    ));
+
+    // === the impostor ===
+    let server_failures = after.server.handshakes("server", "failure");
+    let client_ok = after.client.handshakes("client", "success");
+    e2e.apply_file("examples/mtls-impostor.yaml").await;
+    let impostor = e2e.running_pod("demo-impostor").await;
+    let (s_imp, c_imp) = e2e
+        .eventually(
+            "the server rejecting the impostor, the real client still accepted",
+            TIMEOUT,
+            || async {
+                let (s, c) = (e2e.scrape(&server).await?, e2e.scrape(&client).await?);
+                let rejected = s.handshakes("server", "failure") >= server_failures + 2.0
+                    && c.handshakes("client", "success") >= client_ok + 2.0;
+                rejected.then_some((s, c))
+            },
+        )
+        .await;
+    let server_log = e2e.log(&server).await;
+    let impostor_log = e2e.log(&impostor).await;
+    let rejection = assert_log(
+        &server_log,
+        &[
+            "mTLS handshake failed",
+            "role=server",
+            "UnknownIssuer",
+            "peer=spiffe://impostor.invalid/demo-client",
+        ],
+    );
+    assert_log(
+        &impostor_log,
+        &["impostor mode: presenting a certificate from a throwaway CA"],
+    );
+    assert_log(
+        &impostor_log,
+        &[
+            "mTLS handshake failed",
+            "role=client",
+            "rejected by the server",
+        ],
+    );
+    assert!(
+        !impostor_log.contains("mTLS handshake ok"),
+        "the impostor got through:\n{impostor_log}"
+    );
+    let impostor_metrics = e2e.scrape(&impostor).await.expect("impostor metrics");
+    assert_eq!(
+        impostor_metrics.handshakes("client", "success"),
+        0.0,
+        "the impostor got through"
+    );
+    assert_eq!(
+        c_imp.handshakes("client", "failure"),
+        0.0,
+        "the real client failed while the impostor was rejected"
+    );
+    let rejected = s_imp.handshakes("server", "failure") - server_failures;
+    step(&format!(
+        "impostor rejected {rejected} times; the server logged:\n    {}",
+        strip_ansi(&rejection)
+    ));
+    e2e.delete_deployment(IMPOSTOR).await;
+
+    // === figures ===
+    let end = Window::scrape(&e2e, &server, &client).await;
+    println!("\n=== e2e figures ===");
+    println!(
+        "renewal request → new serial served: server {server_took:.1} s, client {client_took:.1} s \
+         (kubelet syncFrequency {:?}, bound {sync_bound:.0} s)",
+        e2e.sync_frequency
+    );
+    println!(
+        "rotation window ({:.1} s): client attempted {}, failed {} ({} handshake, {} unreachable); server accepted {}, failed {}",
+        rotation.seconds,
+        rotation.client_attempted(),
+        rotation.client_failed + rotation.client_unreachable,
+        rotation.client_failed,
+        rotation.client_unreachable,
+        rotation.server_ok,
+        rotation.server_failed,
+    );
+    println!(
+        "whole run: client attempted {}, handshakes failed {}, unreachable {} (before the server listened); \
+         server accepted {}, rejected {} (all the impostor's)",
+        end.client_attempted(),
+        end.client.handshakes("client", "failure"),
+        end.client.unreachable(),
+        end.server.handshakes("server", "success"),
+        end.server.handshakes("server", "failure"),
+    );
+    println!("impostor: {rejected} handshakes rejected by the server (UnknownIssuer), 0 accepted");
+    println!("total {:.0?}", started.elapsed());
+}
+
+fn step(what: &str) {
+    println!("e2e: {what}");
+}
+
+fn serial(id: &TlsIdentity) -> String {
+    id.status
+        .as_ref()
+        .and_then(|s| s.serial_number.clone())
+        .unwrap_or_default()
+}
+
+fn serial_of(m: &Metrics) -> String {
+    m.own_serial().unwrap_or_default()
+}
+
+fn restarts(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+        .unwrap_or(0)
+}
+
+/// The plain-text log format colours its fields when it thinks it has a terminal.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The first log line containing every needle (escape codes removed), or a failure showing the log.
+fn assert_log(log: &str, needles: &[&str]) -> String {
+    let plain = strip_ansi(log);
+    plain
+        .lines()
+        .find(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no log line with {needles:?} in:\n{plain}"))
+}
+
+/// Seconds from `requested` to the pod's "credentials reloaded: OLD → NEW" line: the moment it
+/// started presenting the new certificate (the node's clock is the host's).
+fn reload_delay(log: &str, old: &str, new: &str, requested: jiff::Timestamp) -> f64 {
+    let line = assert_log(
+        log,
+        &["credentials reloaded", &format!("{old} \u{2192} {new}")],
+    );
+    let stamp: jiff::Timestamp = line
+        .split_whitespace()
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no timestamp at the start of {line:?}"));
+    let took = stamp.duration_since(requested).as_secs_f64();
+    assert!(
+        took >= 0.0,
+        "reloaded before the renewal was requested? {line}"
+    );
+    took
+}
+
+// === impl E2e ===
+
+struct E2e {
+    client: Client,
+    sync_frequency: Duration,
+}
+
+impl E2e {
+    async fn from_env() -> Self {
+        let path = std::env::var_os("TLSID_E2E_KUBECONFIG").unwrap_or_else(|| {
+            panic!(
+                "TLSID_E2E_KUBECONFIG is not set: this test needs a node cluster with the chart \
+                 installed; run it with hack/e2e.sh (part of make test)"
+            )
+        });
+        let sync =
+            std::env::var("TLSID_E2E_KUBELET_SYNC_FREQUENCY").unwrap_or_else(|_| "1m".into());
+        let sync_frequency =
+            tlsid::demo::parse_positive_duration(&sync).expect("TLSID_E2E_KUBELET_SYNC_FREQUENCY");
+        let kubeconfig = Kubeconfig::read_from(&path).expect("read TLSID_E2E_KUBECONFIG");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+        Self {
+            client: Client::try_from(config).expect("client"),
+            sync_frequency,
+        }
+    }
+
+    /// Server-side apply every document of a repository file, as `kubectl apply --server-side`.
+    async fn apply_file(&self, file: &str) {
+        let text =
+            std::fs::read_to_string(repo().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value: serde_json::Value =
+                serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{file}: {e}"));
+            if value.is_null() {
+                continue;
+            }
+            let obj: DynamicObject =
+                serde_json::from_value(value).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let types = obj
+                .types
+                .clone()
+                .unwrap_or_else(|| panic!("{file}: a document without apiVersion/kind"));
+            let gvk = GroupVersionKind::try_from(&types).expect("apiVersion");
+            let (resource, caps) = pinned_kind(&self.client, &gvk).await.expect("discovery");
+            let api: Api<DynamicObject> = match (caps.scope, obj.namespace()) {
+                (kube::discovery::Scope::Namespaced, Some(ns)) => {
+                    Api::namespaced_with(self.client.clone(), &ns, &resource)
+                }
+                (kube::discovery::Scope::Namespaced, None) => {
+                    Api::default_namespaced_with(self.client.clone(), &resource)
+                }
+                (kube::discovery::Scope::Cluster, _) => {
+                    Api::all_with(self.client.clone(), &resource)
+                }
+            };
+            api.patch(
+                &obj.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply {} {} from {file}: {e}", types.kind, obj.name_any()));
+        }
+    }
+
+    fn identities(&self) -> Api<TlsIdentity> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    /// Wait (on a watch) for the identity to be Ready with a serial `accept` takes.
+    async fn wait_identity(
+        &self,
+        name: &str,
+        what: &str,
+        accept: impl Fn(&str) -> bool,
+    ) -> TlsIdentity {
+        let cond = |obj: Option<&TlsIdentity>| {
+            obj.is_some_and(|id| {
+                id.condition("Ready").is_some_and(|c| c.status == "True") && {
+                    let s = serial(id);
+                    !s.is_empty() && accept(&s)
+                }
+            })
+        };
+        let found = tokio::time::timeout(TIMEOUT, await_condition(self.identities(), name, cond))
+            .await
+            .unwrap_or_else(|_| panic!("TlsIdentity {NS}/{name}: no {what} within {TIMEOUT:?}"))
+            .expect("watch TlsIdentity");
+        found.expect("identity exists")
+    }
+
+    async fn request_renewal(&self, name: &str, value: &str) {
+        let patch = serde_json::json!({"metadata": {"annotations": {RENEW_ANNOTATION: value}}});
+        self.identities()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("annotate {name}: {e}"));
+    }
+
+    async fn pod(&self, name: &str) -> Pod {
+        self.pods()
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("get pod {name}: {e}"))
+    }
+
+    /// The one Ready, not terminating pod of a demo Deployment.
+    async fn ready_pod(&self, component: &str, instance: &str) -> Pod {
+        let selector = format!(
+            "app.kubernetes.io/component={component},app.kubernetes.io/instance={instance}"
+        );
+        self.one_pod(&selector, true).await
+    }
+
+    /// The one running pod with this component label (the impostor never becomes Ready).
+    async fn running_pod(&self, component: &str) -> Pod {
+        self.one_pod(&format!("app.kubernetes.io/component={component}"), false)
+            .await
+    }
+
+    async fn one_pod(&self, selector: &str, ready: bool) -> Pod {
+        let pods = self.pods();
+        let lp = ListParams::default().labels(selector);
+        self.eventually(
+            &format!(
+                "one {} pod with {selector}",
+                if ready { "Ready" } else { "running" }
+            ),
+            TIMEOUT,
+            || async {
+                let list = pods.list(&lp).await.ok()?;
+                let live: Vec<Pod> = list
+                    .items
+                    .into_iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .collect();
+                let [pod] = <[Pod; 1]>::try_from(live).ok()?;
+                let status = pod.status.as_ref()?;
+                let ok = if ready {
+                    conditions::is_pod_running().matches_object(Some(&pod))
+                        && status
+                            .conditions
+                            .as_ref()?
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                } else {
+                    status
+                        .container_statuses
+                        .as_ref()?
+                        .iter()
+                        .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+                };
+                ok.then_some(pod)
+            },
+        )
+        .await
+    }
+
+    async fn log(&self, pod: &Pod) -> String {
+        self.pods()
+            .logs(&pod.name_any(), &LogParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("logs of {}: {e}", pod.name_any()))
+    }
+
+    /// The pod's `/metrics`, through the apiserver's pod proxy (the image has no shell or curl).
+    async fn scrape(&self, pod: &Pod) -> Option<Metrics> {
+        let path = format!(
+            "/api/v1/namespaces/{NS}/pods/{}:{METRICS_PORT}/proxy",
+            pod.name_any()
+        );
+        let request = kube::core::Request::new(path)
+            .get("metrics", &Default::default())
+            .ok()?;
+        let text = self.client.request_text(request).await.ok()?;
+        Some(Metrics::parse(&text))
+    }
+
+    async fn delete_deployment(&self, name: &str) {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), NS);
+        api.delete(name, &DeleteParams::foreground())
+            .await
+            .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+        let deleted = await_condition(api, name, conditions::is_deleted(""));
+        tokio::time::timeout(TIMEOUT, deleted)
+            .await
+            .unwrap_or_else(|_| panic!("Deployment {name} not gone within {TIMEOUT:?}"))
+            .expect("watch Deployment");
+    }
+
+    /// Poll `check` (every 250 ms) until it yields a value; fail after `timeout`. For state that
+    /// has no watch, such as a pod's metrics.
+    async fn eventually<T, F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            if let Some(v) = check().await {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+        }
+    }
+}
+
+// === metrics ===
+
+/// One scrape of a demo pod's `/metrics`.
+#[derive(Debug, Default)]
+struct Metrics {
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Metrics {
+    /// The Prometheus/OpenMetrics text format, as far as the demo writes it.
+    fn parse(text: &str) -> Self {
+        let mut samples = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
+                None => (series, BTreeMap::new()),
+            };
+            samples.push((name.to_owned(), labels, value));
+        }
+        Self { samples }
+    }
+
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .fold(0.0, |total, (_, _, v)| total + v)
+    }
+
+    fn handshakes(&self, role: &str, result: &str) -> f64 {
+        self.sum(
+            "tlsid_demo_handshakes_total",
+            &[("role", role), ("result", result)],
+        )
+    }
+
+    /// Client attempts that never reached a handshake (server not listening yet, or gone).
+    fn unreachable(&self) -> f64 {
+        self.sum("tlsid_demo_connect_failures_total", &[])
+    }
+
+    fn info_serial(&self, name: &str) -> Option<String> {
+        self.samples
+            .iter()
+            .find(|(n, _, v)| n == name && *v == 1.0)
+            .and_then(|(_, l, _)| l.get("serial").cloned())
+    }
+
+    fn own_serial(&self) -> Option<String> {
+        self.info_serial("tlsid_demo_certificate_serial_info")
+    }
+
+    fn peer_serial(&self) -> Option<String> {
+        self.info_serial("tlsid_demo_peer_certificate_serial_info")
+    }
+}
+
+/// `a="x",b="y"` (values may contain commas; quotes and backslashes are escaped).
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = s;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(if n == 'n' { '\n' } else { n });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        labels.insert(key.trim_start_matches(',').trim().to_owned(), value);
+        rest = &after[end..];
+    }
+    labels
+}
+
+/// Counters of the server and client pods at one moment.
+struct Window {
+    at: Instant,
+    server: Metrics,
+    client: Metrics,
+}
+
+#[derive(Debug)]
+struct Delta {
+    seconds: f64,
+    server_ok: f64,
+    server_failed: f64,
+    client_ok: f64,
+    client_failed: f64,
+    client_unreachable: f64,
+}
+
+impl Delta {
+    fn client_attempted(&self) -> f64 {
+        self.client_ok + self.client_failed + self.client_unreachable
+    }
+}
+
+impl Window {
+    async fn scrape(e2e: &E2e, server: &Pod, client: &Pod) -> Self {
+        let server = e2e.scrape(server).await.expect("scrape the server pod");
+        let client = e2e.scrape(client).await.expect("scrape the client pod");
+        Self {
+            at: Instant::now(),
+            server,
+            client,
+        }
+    }
+
+    fn client_attempted(&self) -> f64 {
+        self.client.handshakes("client", "success")
+            + self.client.handshakes("client", "failure")
+            + self.client.unreachable()
+    }
+
+    fn since(&self, before: &Window) -> Delta {
+        let d = |a: &Metrics, b: &Metrics, f: &dyn Fn(&Metrics) -> f64| f(a) - f(b);
+        Delta {
+            seconds: self.at.duration_since(before.at).as_secs_f64(),
+            server_ok: d(&self.server, &before.server, &|m| {
+                m.handshakes("server", "success")
+            }),
+            server_failed: d(&self.server, &before.server, &|m| {
+                m.handshakes("server", "failure")
+            }),
+            client_ok: d(&self.client, &before.client, &|m| {
+                m.handshakes("client", "success")
+            }),
+            client_failed: d(&self.client, &before.client, &|m| {
+                m.handshakes("client", "failure")
+            }),
+            client_unreachable: d(&self.client, &before.client, &Metrics::unreachable),
+        }
+    }
+}
+
+#[test]
+fn metrics_parse() {
+    let m = Metrics::parse(
+        "# HELP x y\ntlsid_demo_handshakes_total{role=\"server\",result=\"success\"} 12\n\
+         tlsid_demo_certificate_serial_info{serial=\"ab01\",identity=\"spiffe://a,b\"} 1\n\
+         tlsid_demo_connect_failures_total 2\n",
+    );
+    assert_eq!(m.handshakes("server", "success"), 12.0);
+    assert_eq!(m.handshakes("server", "failure"), 0.0);
+    assert_eq!(m.own_serial().as_deref(), Some("ab01"));
+    assert_eq!(m.unreachable(), 2.0);
+    assert_eq!(strip_ansi("\u{1b}[2mx\u{1b}[0m=1"), "x=1");
+}
