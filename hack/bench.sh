@@ -51,7 +51,7 @@ if [[ ${TLSID_BENCH_NO_BUILD:-} == 1 ]]; then
     sort -n | tail -1 | cut -d' ' -f2-)"
 else
   log "building (release): tlsid and benches/idents.rs"
-  BENCH_EXE="$(cargo build --release --bins --bench idents --message-format=json-render-diagnostics |
+  BENCH_EXE="$(cargo build --release --locked --bins --bench idents --message-format=json-render-diagnostics |
     jq -r 'select(.reason == "compiler-artifact" and .target.name == "idents" and .executable != null) | .executable' | tail -1)"
 fi
 [[ -x ${BENCH_EXE} ]] || die "could not build benches/idents.rs"
@@ -59,7 +59,7 @@ TLSID="${ROOT}/target/release/tlsid"
 [[ -x ${TLSID} ]] || die "${TLSID} not built"
 
 mkdir -p "${OUT}"
-rm -f "${OUT}"/row-*.json "${OUT}/report.md"
+rm -f "${OUT}"/row-*.json "${OUT}/report.md" "${OUT}"/controller-*.log "${OUT}/kube-apiserver.log"
 
 # --- cluster + teardown --------------------------------------------------------
 CONTROLLER_PID=""
@@ -120,6 +120,8 @@ for n in ${SIZES}; do
     TLSID_BENCH_CONTROLLER_PID="${CONTROLLER_PID}" \
     TLSID_BENCH_CONTROLLER_METRICS="127.0.0.1:${CONTROLLER_PORT}" \
     TLSID_BENCH_CONTROLLER_CONCURRENCY="${TLSID_BENCH_CONCURRENCY:-16}" \
+    TLSID_BENCH_APISERVER_PID="$(cat "${TLSID_CLUSTER_DIR}/pids/kube-apiserver.pid" 2>/dev/null || true)" \
+    TLSID_BENCH_ETCD_PID="$(cat "${TLSID_CLUSTER_DIR}/pids/etcd.pid" 2>/dev/null || true)" \
     "${BENCH_EXE}" run
   stop_controller
 done
