@@ -355,6 +355,16 @@ async fn keep_current(
     now: jiff::Timestamp,
 ) -> Result<Action, Error> {
     let secret = existing.expect("policy keeps only an existing Secret");
+    // A reconcile triggered by our own Secret write may see a cached identity from before the
+    // status written with it: the fresh copy is on its way, so wait for it rather than overwrite
+    // newer status (revision, Issuing reason) with one rebuilt from stale input. Bounded: after
+    // STALE_STATUS_GRACE the status is written regardless.
+    if old_status.serial_number.as_deref() != Some(info.serial_hex.as_str())
+        && written_by_us_within(secret, now, STALE_STATUS_GRACE)
+    {
+        debug!("cached status predates the Secret just written; waiting for the fresh copy");
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
     let data = resources::secret_data(secret);
     let mut content = SecretContent {
         tls_crt: data.tls_crt.unwrap_or_default().to_vec(),
@@ -600,6 +610,18 @@ async fn issue_new(
     record_metrics(ctx, obj, cert.not_after, renew_at, "True");
     info!(serial = cert.serial_hex, not_after = %cert.not_after, renew_at = %renew_at, reason = reason.reason(), "certificate {verb}");
     Ok(requeue_at(renew_at, now))
+}
+
+const STALE_STATUS_GRACE: Duration = Duration::from_secs(10);
+
+/// Whether tlsid's field manager wrote `secret` less than `within` before `now`.
+fn written_by_us_within(secret: &Secret, now: jiff::Timestamp, within: Duration) -> bool {
+    secret.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(FIELD_MANAGER)
+            && m.time
+                .as_ref()
+                .is_some_and(|t| now.as_second() - t.0.as_second() < within.as_secs() as i64)
+    })
 }
 
 /// Keystores are re-checked this often while their password is missing: no watch covers it.
