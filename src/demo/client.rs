@@ -10,7 +10,6 @@ use rustls::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::watch,
     time::{Instant, timeout},
 };
 use tokio_rustls::TlsConnector;
@@ -22,7 +21,6 @@ use super::{
     failure_reason,
     identity::{CertSummary, NONE, printable},
     millis, negotiated,
-    server::wait_for_stop,
     telemetry::{self, Role, Telemetry},
     verify::{ObservingServerVerifier, Presented},
 };
@@ -77,23 +75,10 @@ pub(crate) async fn drive(
     metrics: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let telemetry = Arc::new(Telemetry::new(Role::Client));
-    let (stop_http, http_stopped) = watch::channel(false);
-    let http = tokio::spawn(telemetry::serve(
-        metrics,
-        telemetry.clone(),
-        wait_for_stop(http_stopped),
-    ));
-
-    let result = connect_until(args, target, telemetry, shutdown).await;
-
-    let _ = stop_http.send(true);
-    match http.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(error = %e, "metrics endpoint failed"),
-        Err(e) => warn!(error = %e, "metrics endpoint task failed"),
-    }
-    result
+    telemetry::with_endpoint(Role::Client, metrics, |telemetry| {
+        connect_until(args, target, telemetry, shutdown)
+    })
+    .await
 }
 
 async fn connect_until(

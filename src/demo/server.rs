@@ -50,23 +50,10 @@ pub(crate) async fn serve(
     metrics: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let telemetry = Arc::new(Telemetry::new(Role::Server));
-    let (stop_http, http_stopped) = watch::channel(false);
-    let http = tokio::spawn(telemetry::serve(
-        metrics,
-        telemetry.clone(),
-        wait_for_stop(http_stopped),
-    ));
-
-    let result = accept_until(args, listener, telemetry, shutdown).await;
-
-    let _ = stop_http.send(true);
-    match http.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(error = %e, "metrics endpoint failed"),
-        Err(e) => warn!(error = %e, "metrics endpoint task failed"),
-    }
-    result
+    telemetry::with_endpoint(Role::Server, metrics, |telemetry| {
+        accept_until(args, listener, telemetry, shutdown)
+    })
+    .await
 }
 
 pub(crate) async fn wait_for_stop(mut stop: watch::Receiver<bool>) {

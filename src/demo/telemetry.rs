@@ -262,3 +262,31 @@ async fn readyz(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
         (StatusCode::SERVICE_UNAVAILABLE, why)
     }
 }
+
+/// Run `work` with this role's `/metrics`, `/healthz` and `/readyz` served on `metrics`, then stop
+/// the endpoint and return `work`'s result. An endpoint failure is logged, never masks `work`'s.
+pub(crate) async fn with_endpoint<F, Fut>(
+    role: Role,
+    metrics: TcpListener,
+    work: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(Arc<Telemetry>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let telemetry = Arc::new(Telemetry::new(role));
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let http = tokio::spawn(serve(
+        metrics,
+        telemetry.clone(),
+        super::server::wait_for_stop(http_stopped),
+    ));
+    let result = work(telemetry).await;
+    let _ = stop_http.send(true);
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics endpoint failed"),
+        Err(e) => tracing::warn!(error = %e, "metrics endpoint task failed"),
+    }
+    result
+}
