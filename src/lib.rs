@@ -1,7 +1,7 @@
 //! tlsid: a Kubernetes operator that gives workloads mutual-TLS identities.
 //!
 //! Layout (see ARCHITECTURE.md): `api` is the public CRD, `pki` the pure certificate logic, `resources`
-//! the pure desired-object builders, `controller` the only code that talks to the apiserver.
+//! the pure desired-object builders, `plan` the pure reconcile decision, `controller` the only code that talks to the apiserver.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -9,6 +9,7 @@ pub mod api;
 pub mod controller;
 pub mod demo;
 pub mod pki;
+pub mod plan;
 pub mod resources;
 
 /// The CRD as YAML, exactly as committed in `crds/`.

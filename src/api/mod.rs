@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub mod conditions;
 mod schema;
 
 pub const GROUP: &str = "tlsid.dev";
@@ -146,6 +147,13 @@ pub struct TlsIdentitySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_template: Option<SecretTemplate>,
 
+    /// What happens to the Secret when this identity is deleted: `Retain` (default) keeps it, so
+    /// running workloads keep their mounted certificate and a re-created identity (or a reinstall
+    /// of tlsid) adopts it without re-issuing while it is valid; `Delete` gives the Secret an owner
+    /// reference to the identity, so the garbage collector deletes it with the identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_deletion_policy: Option<SecretDeletionPolicy>,
+
     /// Additional keystore formats written into the Secret beside the PEM files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keystores: Option<Keystores>,
@@ -155,6 +163,16 @@ pub struct TlsIdentitySpec {
     /// Removing this field removes the workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub demo: Option<DemoSpec>,
+}
+
+/// What happens to an identity's Secret when the identity is deleted.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum SecretDeletionPolicy {
+    /// Keep the Secret (the default, as cert-manager does): workloads that mount it keep running.
+    #[default]
+    Retain,
+    /// Delete the Secret with the identity (an owner reference; the garbage collector deletes it).
+    Delete,
 }
 
 /// Keystores for runtimes that do not read PEM (cert-manager's shape).

@@ -1,8 +1,10 @@
-//! Reconciling the demo workload of identities with `spec.demo`.
+//! The demo workload of identities with `spec.demo`: apiserver I/O only. Every failure becomes the
+//! `Demo` condition of a [`DemoOutcome`]; none of them delays or blocks the certificate.
 
-use super::{Context, Error, status::set_condition};
+use super::{Context, error::api_message, error::is_persistent};
 use crate::{
-    api::{DemoRole, FIELD_MANAGER, TlsIdentity, TlsIdentityStatus},
+    api::{DemoRole, FIELD_MANAGER, TlsIdentity, conditions::DEMO, conditions::Reason},
+    plan::{CONFLICT_RECHECK, DemoOutcome, SERVER_RECHECK, status::BACKOFF_CAP},
     resources::{controlled_by, demo as build},
 };
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
@@ -12,34 +14,53 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use std::{fmt::Debug, time::Duration};
-use tracing::info;
+use tracing::{info, warn};
 
-pub const DEMO: &str = "Demo";
-/// A client waits for its server identity; no watch links the two, so look again soon.
-const SERVER_RECHECK: Duration = Duration::from_secs(10);
+/// A failed apply that may pass (a timeout, a 5xx) is retried this soon.
+const RETRY: Duration = Duration::from_secs(30);
 
-/// Apply (or remove) the demo workload and set the `Demo` condition. Returns a requeue delay when
-/// the workload is waiting on something no watch will report.
-pub async fn reconcile(
-    obj: &TlsIdentity,
-    ctx: &Context,
-    status: &mut TlsIdentityStatus,
-    now: jiff::Timestamp,
-) -> Result<Option<Duration>, Error> {
+enum DemoError {
+    /// An object of that name belongs to someone else.
+    Conflict(String),
+    Api(kube::Error),
+}
+
+/// Apply (or remove) the demo workload of `obj`.
+pub async fn reconcile(obj: &TlsIdentity, ctx: &Context) -> DemoOutcome {
+    let had_demo = obj
+        .status
+        .as_ref()
+        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == DEMO));
+    // Only identities that had a demo pay for the look-ups.
+    if obj.spec.demo.is_none() && !had_demo {
+        return DemoOutcome::default();
+    }
+    match apply(obj, ctx).await {
+        Ok(outcome) => outcome,
+        Err(DemoError::Conflict(msg)) => DemoOutcome {
+            condition: Some((false, Reason::DemoConflict, msg)),
+            recheck: Some(CONFLICT_RECHECK),
+        },
+        Err(DemoError::Api(e)) => {
+            warn!(error = %e, "demo workload not applied");
+            DemoOutcome {
+                condition: Some((false, Reason::DemoFailed, api_message(&e))),
+                recheck: Some(if is_persistent(&e) { BACKOFF_CAP } else { RETRY }),
+            }
+        }
+    }
+}
+
+async fn apply(obj: &TlsIdentity, ctx: &Context) -> Result<DemoOutcome, DemoError> {
     let ns = obj.namespace().unwrap_or_default();
     let uid = obj.uid().unwrap_or_default();
     let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &ns);
     let services = Api::<Service>::namespaced(ctx.client.clone(), &ns);
-    let generation = obj.metadata.generation;
 
     let Some(demo) = &obj.spec.demo else {
-        // Only identities that had a demo pay for the look-ups.
-        if status.conditions.iter().any(|c| c.type_ == DEMO) {
-            delete_owned(&deployments, &build::demo_name(obj), &uid).await?;
-            delete_owned(&services, &obj.name_any(), &uid).await?;
-            status.conditions.retain(|c| c.type_ != DEMO);
-        }
-        return Ok(None);
+        delete_owned(&deployments, &build::demo_name(obj), &uid).await?;
+        delete_owned(&services, &obj.name_any(), &uid).await?;
+        return Ok(DemoOutcome::default());
     };
 
     let target = match demo.role {
@@ -47,7 +68,7 @@ pub async fn reconcile(
         DemoRole::Client => {
             let server_name = demo.server.clone().unwrap_or_default();
             let ids = Api::<TlsIdentity>::namespaced(ctx.client.clone(), &ns);
-            let server = ids.get_opt(&server_name).await.map_err(Error::Read)?;
+            let server = ids.get_opt(&server_name).await.map_err(DemoError::Api)?;
             let port = server
                 .as_ref()
                 .and_then(|s| s.spec.demo.as_ref()?.port)
@@ -64,16 +85,10 @@ pub async fn reconcile(
                             format!("server TlsIdentity {server_name:?} has no dnsNames to verify")
                         }
                     };
-                    set_condition(
-                        &mut status.conditions,
-                        DEMO,
-                        false,
-                        "ServerNotFound",
-                        msg,
-                        generation,
-                        now,
-                    );
-                    return Ok(Some(SERVER_RECHECK));
+                    return Ok(DemoOutcome {
+                        condition: Some((false, Reason::ServerNotFound, msg)),
+                        recheck: Some(SERVER_RECHECK),
+                    });
                 }
             }
         }
@@ -99,36 +114,25 @@ pub async fn reconcile(
             obj.name_any()
         ),
     };
-    set_condition(
-        &mut status.conditions,
-        DEMO,
-        true,
-        "Applied",
-        msg,
-        generation,
-        now,
-    );
-    Ok(None)
+    Ok(DemoOutcome {
+        condition: Some((true, Reason::Applied, msg)),
+        recheck: None,
+    })
 }
 
 /// Apply `desired` unless the live object already carries its hash. Never takes over an object
 /// someone else controls.
-async fn apply_owned<K>(api: &Api<K>, desired: K, uid: &str) -> Result<(), Error>
+async fn apply_owned<K>(api: &Api<K>, desired: K, uid: &str) -> Result<(), DemoError>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
 {
     let name = desired.meta().name.clone().unwrap_or_default();
-    if let Some(live) = api.get_opt(&name).await.map_err(Error::Read)? {
+    if let Some(live) = api.get_opt(&name).await.map_err(DemoError::Api)? {
         if !controlled_by(&live, uid) {
-            return Err(Error::DemoWrite(kube::Error::Api(Box::new(
-                kube::core::Status::failure(
-                    &format!(
-                        "{} {name} exists and is not controlled by this TlsIdentity",
-                        K::kind(&())
-                    ),
-                    "AlreadyExists",
-                ),
-            ))));
+            return Err(DemoError::Conflict(format!(
+                "{} {name} exists and is not controlled by this TlsIdentity; tlsid will not modify it",
+                K::kind(&())
+            )));
         }
         if build::up_to_date(&live, &desired) {
             return Ok(());
@@ -144,21 +148,21 @@ where
         &Patch::Apply(value),
     )
     .await
-    .map_err(Error::DemoWrite)?;
+    .map_err(DemoError::Api)?;
     Ok(())
 }
 
-async fn delete_owned<K>(api: &Api<K>, name: &str, uid: &str) -> Result<(), Error>
+async fn delete_owned<K>(api: &Api<K>, name: &str, uid: &str) -> Result<(), DemoError>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
 {
-    if let Some(live) = api.get_opt(name).await.map_err(Error::Read)?
+    if let Some(live) = api.get_opt(name).await.map_err(DemoError::Api)?
         && controlled_by(&live, uid)
     {
         info!(kind = %K::kind(&()), name, "removing demo workload");
         api.delete(name, &DeleteParams::default())
             .await
-            .map_err(Error::DemoWrite)?;
+            .map_err(DemoError::Api)?;
     }
     Ok(())
 }

@@ -5,7 +5,11 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use std::sync::atomic::AtomicI64;
+use crate::api::TlsIdentityStatus;
+use std::{
+    collections::BTreeSet,
+    sync::{Mutex, atomic::AtomicI64},
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IdentityLabels {
@@ -40,6 +44,9 @@ pub struct Metrics {
     pub reconciliations: Counter,
     pub errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
+    pub blocked: Family<ReasonLabels, Counter>,
+    /// The identities that have per-identity series, so they can be removed with the identity.
+    known: Mutex<BTreeSet<(String, String)>>,
 }
 
 impl Default for Metrics {
@@ -56,6 +63,8 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new([
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
+            blocked: Family::default(),
+            known: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -98,11 +107,73 @@ impl Default for Metrics {
             "Time spent in one reconciliation",
             m.reconcile_duration.clone(),
         );
+        registry.register(
+            "issuance_blocked",
+            "Identities that could not be issued because the CA cannot sign them, by reason (CaExpired, CaExpiring); counted when an identity becomes blocked",
+            m.blocked.clone(),
+        );
         Self { registry, ..m }
     }
 }
 
 impl Metrics {
+    /// Per-identity series from the identity's status: never beside it.
+    pub fn record(&self, namespace: &str, name: &str, status: &TlsIdentityStatus, ready: &str) {
+        self.remember(namespace, name);
+        if let (Some(not_after), Some(renew_at)) = (&status.not_after, &status.renewal_time) {
+            self.set_certificate(namespace, name, not_after.0, renew_at.0);
+        }
+        self.set_ready(namespace, name, ready);
+    }
+
+    /// An identity that cannot be read is not Ready.
+    pub fn record_unreadable(&self, namespace: &str, name: &str) {
+        self.remember(namespace, name);
+        self.set_ready(namespace, name, "False");
+    }
+
+    fn remember(&self, namespace: &str, name: &str) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if !known.contains(&(namespace.to_string(), name.to_string())) {
+            known.insert((namespace.into(), name.into()));
+        }
+    }
+
+    /// Remove every series of a deleted identity.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(namespace.to_string(), name.to_string()));
+        let labels = IdentityLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        self.expiration.remove(&labels);
+        self.renewal.remove(&labels);
+        for condition in ["True", "False", "Unknown"] {
+            self.ready.remove(&ReadyLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+                condition: condition.into(),
+            });
+        }
+    }
+
+    /// Keep the series of `live` identities only (after a relist: deletions missed by a watch gap).
+    pub fn retain(&self, live: &BTreeSet<(String, String)>) {
+        let gone: Vec<_> = self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .difference(live)
+            .cloned()
+            .collect();
+        for (ns, name) in gone {
+            self.forget(&ns, &name);
+        }
+    }
+
     pub fn set_ready(&self, namespace: &str, name: &str, status: &str) {
         for condition in ["True", "False", "Unknown"] {
             let labels = ReadyLabels {

@@ -67,6 +67,42 @@ pub fn pkcs12_data(
     ]))
 }
 
+/// The keystore files and the annotations that describe them.
+#[derive(Clone, Default, PartialEq)]
+pub struct Pkcs12Files {
+    pub data: BTreeMap<String, Vec<u8>>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `keystore.p12` and `truststore.p12` for the given PEM contents, reusing `existing`'s files
+/// when they are still current.
+pub fn pkcs12_files(
+    chain_pem: &[u8],
+    key_pem: &[u8],
+    bundle_pem: &[u8],
+    password: &str,
+    wanted: Pkcs12ProfileName,
+    existing: Option<&k8s_openapi::api::core::v1::Secret>,
+) -> Result<Pkcs12Files, KeystoreError> {
+    let old = existing.and_then(|s| {
+        let d = s.data.as_ref()?;
+        let written_with = s.metadata.annotations.as_ref()?.get(PROFILE_ANNOTATION)?;
+        Some((
+            d.get(KEYSTORE_P12)?.0.as_slice(),
+            d.get(TRUSTSTORE_P12)?.0.as_slice(),
+            written_with.as_str(),
+        ))
+    });
+    let data = pkcs12_data(chain_pem, key_pem, bundle_pem, password, wanted, old)?;
+    Ok(Pkcs12Files {
+        data,
+        annotations: BTreeMap::from([(
+            PROFILE_ANNOTATION.to_string(),
+            profile_name(wanted).to_string(),
+        )]),
+    })
+}
+
 pub fn profile_name(p: Pkcs12ProfileName) -> &'static str {
     match p {
         Pkcs12ProfileName::Modern2023 => "Modern2023",

@@ -5,4 +5,6 @@ pub mod demo;
 pub mod keystore;
 pub mod secret;
 
-pub use secret::{SecretContent, controlled_by, desired_secret, secret_data, secret_needs_update};
+pub use secret::{
+    SecretContent, belongs_to, controlled_by, desired_secret, secret_data, secret_needs_update,
+};

@@ -1,7 +1,10 @@
 //! The `kubernetes.io/tls` Secret of an identity.
 
 use crate::{
-    api::{IDENTITY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SERIAL_ANNOTATION, TlsIdentity},
+    api::{
+        IDENTITY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SERIAL_ANNOTATION,
+        SecretDeletionPolicy, TlsIdentity,
+    },
     pki::SecretData,
 };
 use k8s_openapi::{
@@ -37,8 +40,9 @@ impl std::fmt::Debug for SecretContent {
     }
 }
 
-/// The Secret as tlsid wants it: type `kubernetes.io/tls`, our labels over the template's, a
-/// controller owner reference to the identity (so deleting the identity deletes the Secret).
+/// The Secret as tlsid wants it: type `kubernetes.io/tls`, our labels over the template's, and a
+/// controller owner reference to the identity only when `secretDeletionPolicy: Delete` asks for
+/// the Secret to be deleted with it (by default it outlives the identity).
 pub fn desired_secret(identity: &TlsIdentity, content: &SecretContent, serial_hex: &str) -> Secret {
     let template = identity.spec.secret_template.clone().unwrap_or_default();
     let mut labels = template.labels;
@@ -66,7 +70,10 @@ pub fn desired_secret(identity: &TlsIdentity, content: &SecretContent, serial_he
             namespace: identity.metadata.namespace.clone(),
             labels: Some(labels),
             annotations: Some(annotations),
-            owner_references: identity.controller_owner_ref(&()).map(|o| vec![o]),
+            owner_references: match identity.spec.secret_deletion_policy.unwrap_or_default() {
+                SecretDeletionPolicy::Delete => identity.controller_owner_ref(&()).map(|o| vec![o]),
+                SecretDeletionPolicy::Retain => None,
+            },
             ..Default::default()
         },
         type_: Some("kubernetes.io/tls".into()),
@@ -83,6 +90,31 @@ pub fn controlled_by<K: Resource>(obj: &K, owner_uid: &str) -> bool {
         .iter()
         .flatten()
         .any(|o| o.controller == Some(true) && o.uid == owner_uid && o.kind == "TlsIdentity")
+}
+
+/// Whether `secret` is the Secret tlsid keeps for `identity`: it carries tlsid's labels naming
+/// the identity, and no controller other than this identity. Ownership is by name, not by UID, so
+/// a re-created identity (or a reinstalled tlsid) adopts the Secret its predecessor left behind.
+pub fn belongs_to(secret: &Secret, identity: &TlsIdentity) -> bool {
+    let uid = identity.metadata.uid.as_deref().unwrap_or_default();
+    let labels = secret.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    let named = label(MANAGED_BY_LABEL) == Some(MANAGED_BY_VALUE)
+        && label(IDENTITY_LABEL) == identity.metadata.name.as_deref();
+    let other_controller = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid != uid);
+    named && !other_controller
+}
+
+/// Whether the Secret carries a controller reference to `identity` that its deletion policy no
+/// longer wants (a Secret written before `Retain` became the default, or the policy changed).
+pub fn owner_ref_to_drop(secret: &Secret, identity: &TlsIdentity) -> bool {
+    identity.spec.secret_deletion_policy.unwrap_or_default() == SecretDeletionPolicy::Retain
+        && controlled_by(secret, identity.metadata.uid.as_deref().unwrap_or_default())
 }
 
 /// Borrow the three TLS keys of a Secret.
@@ -159,7 +191,7 @@ mod tests {
     }
 
     #[test]
-    fn builds_a_tls_secret_owned_by_the_identity() {
+    fn builds_a_tls_secret_that_belongs_to_the_identity() {
         let s = desired_secret(&identity(), &content(), "abcd");
         assert_eq!(s.metadata.name.as_deref(), Some("web-tls"));
         assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
@@ -174,8 +206,29 @@ mod tests {
             s.metadata.annotations.as_ref().unwrap()[SERIAL_ANNOTATION],
             "abcd"
         );
-        assert!(controlled_by(&s, "uid-1"));
-        assert!(!controlled_by(&s, "uid-2"));
+        assert!(
+            s.metadata.owner_references.is_none(),
+            "Retain (the default): no owner reference, the Secret outlives the identity"
+        );
+        assert!(belongs_to(&s, &identity()));
+        let mut recreated = identity();
+        recreated.metadata.uid = Some("uid-2".into());
+        assert!(belongs_to(&s, &recreated), "adopted by name after re-creation");
+        let mut other = identity();
+        other.metadata.name = Some("other".into());
+        assert!(!belongs_to(&s, &other));
+        let mut foreign = s.clone();
+        foreign.metadata.labels = None;
+        assert!(!belongs_to(&foreign, &identity()), "a user's Secret");
+
+        let mut deleting = identity();
+        deleting.spec.secret_deletion_policy = Some(SecretDeletionPolicy::Delete);
+        let owned = desired_secret(&deleting, &content(), "abcd");
+        assert!(controlled_by(&owned, "uid-1"));
+        assert!(belongs_to(&owned, &deleting));
+        assert!(!belongs_to(&owned, &recreated), "controlled by the old identity");
+        assert!(!owner_ref_to_drop(&owned, &deleting));
+        assert!(owner_ref_to_drop(&owned, &identity()), "policy back to Retain");
         let data = secret_data(&s);
         assert_eq!(data.tls_crt, Some(&b"crt"[..]));
         assert_eq!(data.ca_crt, Some(&b"ca"[..]));

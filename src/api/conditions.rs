@@ -1,0 +1,119 @@
+//! Condition types and reasons: part of the public API. Users, alerts and scripts match on these
+//! strings (`kubectl wait --for=condition=Ready`, `kubectl get -o jsonpath=...reason`), so they are
+//! defined once here and never spelled out elsewhere.
+
+/// The Secret holds a valid certificate matching the spec, signed by the current CA.
+pub const READY: &str = "Ready";
+/// A new certificate is being (or was last) issued, with the reason why.
+pub const ISSUING: &str = "Issuing";
+/// The demo workload of `spec.demo` is applied (or why it is not).
+pub const DEMO: &str = "Demo";
+
+/// Every reason a condition or an Event of tlsid can carry, besides the re-issue reasons of
+/// [`crate::pki::ReissueReason::reason`] (which the `Issuing` condition shows while issuing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    // --- Ready=True
+    /// A certificate was issued for the first time, or re-issued after a repair or spec change.
+    Issued,
+    /// A certificate was renewed (renewal time, expiry or a manual request).
+    Renewed,
+    // --- Ready=False, terminal until the identity, its Secret or the CA changes
+    /// The spec cannot be issued as written; the message says why.
+    InvalidSpec,
+    /// The object could not be read at all (a value the controller cannot represent).
+    UnreadableObject,
+    /// The Secret exists and belongs to someone else; tlsid leaves it alone.
+    SecretConflict,
+    /// The apiserver refused the Secret write (403, 422, an immutable Secret, an admission policy);
+    /// re-checked on the capped backoff.
+    SecretRejected,
+    /// The keystore password is missing or unusable; PEM files are still written.
+    KeystorePasswordMissing,
+    /// The CA has expired: nothing can be signed until it is replaced.
+    CaExpired,
+    /// The CA expires before a certificate of the requested lifetime would.
+    CaExpiring,
+    // --- Ready=False or Issuing=True, retried with backoff
+    /// Signing or key generation failed.
+    IssuanceFailed,
+    /// Writing the Secret failed for a reason that may pass (a timeout, a conflict, a 5xx).
+    SecretWriteFailed,
+    // --- Issuing=False
+    /// The stored certificate needs no re-issue.
+    UpToDate,
+    // --- Demo
+    /// The demo workload is applied.
+    Applied,
+    /// A demo client names a server identity that does not exist or has no DNS name.
+    ServerNotFound,
+    /// A demo Deployment or Service of that name exists and belongs to someone else.
+    DemoConflict,
+    /// Applying the demo workload failed; the message carries the apiserver's answer.
+    DemoFailed,
+}
+
+impl Reason {
+    pub const ALL: &'static [Reason] = &[
+        Reason::Issued,
+        Reason::Renewed,
+        Reason::InvalidSpec,
+        Reason::UnreadableObject,
+        Reason::SecretConflict,
+        Reason::SecretRejected,
+        Reason::KeystorePasswordMissing,
+        Reason::CaExpired,
+        Reason::CaExpiring,
+        Reason::IssuanceFailed,
+        Reason::SecretWriteFailed,
+        Reason::UpToDate,
+        Reason::Applied,
+        Reason::ServerNotFound,
+        Reason::DemoConflict,
+        Reason::DemoFailed,
+    ];
+
+    /// The CamelCase string shown in conditions, Events and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Issued => "Issued",
+            Reason::Renewed => "Renewed",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::UnreadableObject => "UnreadableObject",
+            Reason::SecretConflict => "SecretConflict",
+            Reason::SecretRejected => "SecretRejected",
+            Reason::KeystorePasswordMissing => "KeystorePasswordMissing",
+            Reason::CaExpired => "CaExpired",
+            Reason::CaExpiring => "CaExpiring",
+            Reason::IssuanceFailed => "IssuanceFailed",
+            Reason::SecretWriteFailed => "SecretWriteFailed",
+            Reason::UpToDate => "UpToDate",
+            Reason::Applied => "Applied",
+            Reason::ServerNotFound => "ServerNotFound",
+            Reason::DemoConflict => "DemoConflict",
+            Reason::DemoFailed => "DemoFailed",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_unique_camel_case() {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in Reason::ALL {
+            let s = r.as_str();
+            assert!(seen.insert(s), "{s} twice");
+            assert!(s.chars().next().unwrap().is_ascii_uppercase(), "{s}");
+            assert!(s.chars().all(|c| c.is_ascii_alphanumeric()), "{s}");
+        }
+    }
+}

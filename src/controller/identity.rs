@@ -1,0 +1,301 @@
+//! One reconcile of one identity: observe → [`plan::decide`] → sign if asked → [`plan::finish`] →
+//! apply what differs. Every rule lives in `plan`; this file only reads and writes.
+
+use super::{
+    Context,
+    apply::{self, Written},
+    demo,
+    error::{Error, api_message, is_persistent},
+    metrics,
+};
+use crate::{
+    api::{TlsIdentity, TlsIdentityStatus, conditions::READY, conditions::Reason},
+    plan::{self, Decision, Failure, KeystorePassword, Observed, Outcome},
+    resources,
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, ResourceExt,
+    api::DynamicObject,
+    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
+};
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// Reconcile one object of the watch. An object that does not deserialize is reported on itself
+/// and left alone: it never stops the others from being served.
+pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    ctx.metrics.reconciliations.inc();
+    let result = match typed(&obj) {
+        Ok(identity) => reconcile_identity(&identity, &ctx).await,
+        Err(why) => apply::unreadable(&obj, &ctx, why).await,
+    };
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.forget_failures(&obj);
+    }
+    result
+}
+
+/// The typed identity, or why the stored object cannot be one.
+fn typed(obj: &DynamicObject) -> Result<TlsIdentity, String> {
+    serde_json::to_value(obj)
+        .and_then(serde_json::from_value::<TlsIdentity>)
+        .map_err(|e| e.to_string())
+}
+
+pub fn object_ref(identity: &TlsIdentity) -> Box<ObjectRef<DynamicObject>> {
+    let ar = kube::api::ApiResource::erase::<TlsIdentity>(&());
+    Box::new(
+        ObjectRef::new_with(&identity.name_any(), ar)
+            .within(&identity.namespace().unwrap_or_default()),
+    )
+}
+
+#[tracing::instrument(skip_all, fields(namespace = identity.namespace().unwrap_or_default(), name = identity.name_any()))]
+async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Action, Error> {
+    if identity.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    // --- observe: every read, once.
+    let ca = ctx.ca().ok_or(Error::CaNotReady)?;
+    let ns = identity.namespace().unwrap_or_default();
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+    let read = |what| {
+        move |source| Error::Read {
+            what,
+            object: object_ref(identity),
+            source,
+        }
+    };
+    let secret = secrets
+        .get_opt(&identity.secret_name())
+        .await
+        .map_err(read("its Secret"))?;
+    let password = read_password(identity, &secrets)
+        .await
+        .map_err(read("its keystore password"))?;
+    let obs = Observed {
+        identity,
+        secret: secret.as_ref(),
+        password,
+        ca: &ca,
+        now: now(),
+    };
+
+    // --- decide, then sign or reuse (CPU-bound: off the async workers).
+    let decision = plan::decide(&obs);
+    let outcome = match decision {
+        Decision::Keep { info, renew_at } => {
+            let (id, existing, ca2, pw) = (
+                identity.clone(),
+                secret.clone(),
+                ca.clone(),
+                obs.password.clone(),
+            );
+            let (content, keystore_problem) = tokio::task::spawn_blocking(move || {
+                let data = existing.as_ref().map(resources::secret_data);
+                let crt = data.and_then(|d| d.tls_crt).unwrap_or_default().to_vec();
+                let key = data.and_then(|d| d.tls_key).unwrap_or_default().to_vec();
+                plan::secret_content(&id, existing.as_ref(), crt, key, &ca2, &pw)
+            })
+            .await
+            .map_err(|source| Error::Task {
+                object: object_ref(identity),
+                source,
+            })?;
+            Outcome::Kept {
+                info,
+                renew_at,
+                content,
+                keystore_problem,
+            }
+        }
+        Decision::Issue { request, reason } => {
+            info!(
+                reason = reason.reason(),
+                detail = reason.message(),
+                "issuing certificate"
+            );
+            let (id, existing, ca2, pw, req, now) = (
+                identity.clone(),
+                secret.clone(),
+                ca.clone(),
+                obs.password.clone(),
+                request.clone(),
+                obs.now,
+            );
+            let signed = tokio::task::spawn_blocking(move || {
+                let cert = crate::pki::issue(&req, &ca2, now)?;
+                let (content, problem) = plan::secret_content(
+                    &id,
+                    existing.as_ref(),
+                    cert.chain_pem.clone().into_bytes(),
+                    cert.key_pem.clone().into_bytes(),
+                    &ca2,
+                    &pw,
+                );
+                Ok::<_, crate::pki::PkiError>((cert, content, problem))
+            })
+            .await
+            .map_err(|source| Error::Task {
+                object: object_ref(identity),
+                source,
+            })?;
+            match signed {
+                Ok((cert, content, keystore_problem)) => Outcome::Issued {
+                    cert: Box::new(cert),
+                    request,
+                    reason,
+                    content,
+                    keystore_problem,
+                },
+                Err(e) => Outcome::Failed {
+                    reason: Some(reason),
+                    failure: Failure {
+                        reason: Reason::IssuanceFailed,
+                        message: format!("issuing the certificate failed: {e}"),
+                        persistent: false,
+                    },
+                },
+            }
+        }
+        other => Outcome::Decided(other),
+    };
+    let reissue = match &outcome {
+        Outcome::Issued { reason, .. } => Some(reason.clone()),
+        _ => None,
+    };
+    let demo = demo::reconcile(identity, ctx).await;
+    let mut plan = plan::finish(&obs, outcome, demo.clone());
+
+    // --- apply: the Secret first, then the status that describes it, then Events.
+    if let Some(desired) = plan.secret.take() {
+        let existing = obs.secret.filter(|s| resources::belongs_to(s, identity));
+        match apply::secret(ctx, identity, desired, existing).await {
+            Written::Ok => {}
+            Written::Failed(e) => {
+                ctx.count_error(if is_persistent(&e) {
+                    Reason::SecretRejected.as_str()
+                } else {
+                    Reason::SecretWriteFailed.as_str()
+                });
+                let failure = Failure {
+                    reason: if is_persistent(&e) {
+                        Reason::SecretRejected
+                    } else {
+                        Reason::SecretWriteFailed
+                    },
+                    message: format!(
+                        "writing Secret {} failed: {}",
+                        identity.secret_name(),
+                        api_message(&e)
+                    ),
+                    persistent: is_persistent(&e),
+                };
+                warn!(error = %e, "Secret write failed");
+                plan = plan::finish(
+                    &obs,
+                    Outcome::Failed {
+                        reason: reissue,
+                        failure,
+                    },
+                    demo,
+                );
+                plan.secret = None;
+            }
+        }
+    }
+    if let Some(status) = &plan.status {
+        apply::status(ctx, identity, status).await?;
+    }
+    for note in &plan.events {
+        let type_ = if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        if note.warning {
+            warn!(reason = note.reason, message = note.message, "identity event");
+        } else {
+            info!(reason = note.reason, message = note.message, "identity event");
+        }
+        ctx.publish(identity, type_, &note.reason, note.message.clone())
+            .await;
+    }
+    if let Some(reason) = plan.issued {
+        ctx.metrics
+            .issuances
+            .get_or_create(&metrics::ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+    if let Some(reason) = plan.ca_blocked {
+        ctx.metrics
+            .blocked
+            .get_or_create(&metrics::ReasonLabels {
+                reason: reason.as_str().into(),
+            })
+            .inc();
+    }
+    ctx.metrics.record(
+        &ns,
+        &identity.name_any(),
+        &plan.effective_status,
+        ready_of(&plan.effective_status),
+    );
+    Ok(plan.requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+fn ready_of(status: &TlsIdentityStatus) -> &str {
+    plan::status::condition(status, READY).map_or("Unknown", |c| c.status.as_str())
+}
+
+/// Whole seconds: certificates and status timestamps carry no more, and comparing a nanosecond
+/// `now` with them would make an unchanged status look changed.
+fn now() -> jiff::Timestamp {
+    jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap_or_default()
+}
+
+/// The keystore password, when the spec asks for keystores. A missing Secret, key or an empty or
+/// non-UTF-8 password is an observation (the identity says so), not an error.
+async fn read_password(
+    identity: &TlsIdentity,
+    secrets: &Api<Secret>,
+) -> Result<KeystorePassword, kube::Error> {
+    let Some(p12) = identity
+        .spec
+        .keystores
+        .as_ref()
+        .and_then(|k| k.pkcs12.as_ref())
+        .filter(|p| p.create)
+    else {
+        return Ok(KeystorePassword::NotRequested);
+    };
+    let Some(r) = &p12.password_secret_ref else {
+        return Ok(KeystorePassword::Unavailable(
+            "keystores.pkcs12.passwordSecretRef is not set".into(),
+        ));
+    };
+    let value = secrets
+        .get_opt(&r.name)
+        .await?
+        .and_then(|s| s.data?.remove(&r.key))
+        .map(|b| b.0)
+        .filter(|p| !p.is_empty());
+    Ok(match value.map(String::from_utf8) {
+        None => KeystorePassword::Unavailable(format!(
+            "the keystore password Secret {}/{} is missing or empty; keystore.p12 and truststore.p12 are not written",
+            r.name, r.key
+        )),
+        Some(Err(_)) => KeystorePassword::Unavailable(format!(
+            "the keystore password in {}/{} is not UTF-8",
+            r.name, r.key
+        )),
+        Some(Ok(p)) => KeystorePassword::Present(p),
+    })
+}
