@@ -323,6 +323,24 @@ mod tests {
         assert_eq!(d, Some(GoDuration::from("<object>")));
     }
 
+    #[test]
+    fn the_admission_bound_keeps_values_parseable() {
+        // The largest values DURATION_BOUNDED_RE admits within the 32-character limit stay below
+        // 100 years, hence far below Go's 292-year limit that CEL's duration() shares.
+        for input in [
+            "999999999s999999999s999999999s",
+            "99999h99999h99999h99999h99999h",
+            "9999999m9999999m9999999m9999999m",
+            "999999999999ms999999999999ms",
+            "999999999999999999ns999999999s",
+            "99999.9999999999999999999999999h",
+        ] {
+            assert!(input.len() <= 32, "{input}");
+            let d = parse(input).unwrap_or_else(|e| panic!("{e}"));
+            assert!(d < MAX_GO_DURATION, "{input}");
+        }
+    }
+
     /// A small deterministic generator (xorshift): no extra dependency, reproducible failures.
     struct Rng(u64);
     impl Rng {

@@ -413,3 +413,29 @@ impl TlsIdentity {
             .find(|c| c.type_ == type_)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crd_carries_the_new_bounds() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(crate::api::TlsIdentity::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let root_rules = schema["x-kubernetes-validations"].to_string();
+        assert!(
+            root_rules.contains("self.metadata.name.size() <= 63"),
+            "{root_rules}"
+        );
+        let status = &schema["properties"]["status"]["properties"];
+        assert_eq!(status["failedIssuanceAttempts"]["minimum"], 0.0);
+        assert_eq!(status["revision"]["maximum"], MAX_REVISION as f64);
+        let spec = &schema["properties"]["spec"];
+        assert_eq!(spec["properties"]["duration"]["maxLength"], 32);
+        let spec_rules = spec["x-kubernetes-validations"].to_string();
+        for want in ["87840h", "getSeconds()", "duration('30s')"] {
+            assert!(spec_rules.contains(want), "{want}");
+        }
+    }
+}
