@@ -5,13 +5,17 @@
 //! is rejected at admission; [`crate::pki::IssuanceRequest::from_spec`] re-checks what slips past.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::{CustomResource, KubeSchema, core::Duration};
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub mod conditions;
+mod duration;
+mod lenient;
 mod schema;
+
+pub use duration::{DurationError, GoDuration, MAX_GO_DURATION};
 
 pub const GROUP: &str = "tlsid.dev";
 /// Field manager for every server-side apply the controller makes.
@@ -30,7 +34,23 @@ pub const REVISION_ANNOTATION: &str = "tlsid.dev/revision";
 
 pub const DEFAULT_DURATION_SECS: u64 = 24 * 3600;
 pub const MIN_DURATION_SECS: u64 = 60;
+/// Ten years (`87840h`): far beyond any sensible workload certificate, and keeps time arithmetic safe.
+pub const MAX_DURATION_SECS: u64 = 10 * 366 * 24 * 3600;
 pub const MIN_RENEW_BEFORE_SECS: u64 = 5;
+/// A certificate is never renewed sooner than this after it was issued, whatever `renewBefore` or
+/// `renewBeforePercentage` say: otherwise every issuance would trigger the next.
+pub const MIN_RENEW_AFTER_SECS: u64 = 30;
+/// `demo.interval`: default and bounds.
+pub const DEFAULT_DEMO_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+pub const MIN_DEMO_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+pub const MAX_DEMO_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The port of the demo workload's metrics endpoint; `demo.port` must differ.
+pub const DEMO_METRICS_PORT: i32 = 9090;
+/// Longest `metadata.name`: it becomes a label value (`tlsid.dev/identity`) and a Service name.
+pub const MAX_NAME_LEN: usize = 63;
+/// Upper bounds of status counters; larger stored values are clamped when read.
+pub const MAX_FAILED_ISSUANCE_ATTEMPTS: i32 = 1_000_000;
+pub const MAX_REVISION: i64 = (1 << 53) - 1;
 
 /// A workload identity: the names a certificate vouches for and how it is kept fresh.
 ///
@@ -70,19 +90,20 @@ pub const MIN_RENEW_BEFORE_SECS: u64 = 5;
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    validation = schema::rule_name_length(),
 )]
 #[x_kube(
     validation = Rule::new("(has(self.commonName) && self.commonName != '') || (has(self.dnsNames) && size(self.dnsNames) > 0) || (has(self.ipAddresses) && size(self.ipAddresses) > 0) || (has(self.uris) && size(self.uris) > 0)")
         .message("at least one of commonName, dnsNames, ipAddresses or uris must be set"),
     validation = Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))")
         .message("renewBefore and renewBeforePercentage are mutually exclusive"),
-    validation = Rule::new("!has(self.duration) || duration(self.duration) >= duration('60s')")
-        .message("duration must be at least 60s"),
-    validation = Rule::new("!has(self.renewBefore) || duration(self.renewBefore) >= duration('5s')")
-        .message("renewBefore must be at least 5s"),
-    validation = Rule::new("!has(self.renewBefore) || duration(self.renewBefore) < duration(has(self.duration) ? self.duration : '24h')")
-        .message("renewBefore must be shorter than duration (default 24h)"),
+    validation = schema::rule_duration_min(),
+    validation = schema::rule_duration_max(),
+    validation = schema::rule_renew_before_min(),
+    validation = schema::rule_renew_before_shorter(),
+    validation = schema::rule_renew_before_leaves_time(),
+    validation = schema::rule_renew_percentage_leaves_time(),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TlsIdentitySpec {
@@ -122,19 +143,21 @@ pub struct TlsIdentitySpec {
     pub usages: Option<Vec<Usage>>,
 
     /// Requested lifetime of each certificate, as a Go duration (`24h`, `90m`, `2160h`).
-    /// Default `24h`, minimum `60s`.
+    /// Default `24h`, minimum `60s`, maximum `87840h` (10 years).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::duration")]
-    pub duration: Option<Duration>,
+    pub duration: Option<GoDuration>,
 
-    /// How long before expiry to renew, as a Go duration. Must be shorter than `duration` and at
-    /// least `5s`. Mutually exclusive with `renewBeforePercentage`. When neither is set the
-    /// certificate is renewed at 2/3 of its lifetime.
+    /// How long before expiry to renew, as a Go duration. At least `5s`, and short enough to leave
+    /// at least `30s` between issuance and renewal (`duration - renewBefore >= 30s`). Mutually
+    /// exclusive with `renewBeforePercentage`. When neither is set the certificate is renewed at
+    /// 2/3 of its lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::duration")]
-    pub renew_before: Option<Duration>,
+    pub renew_before: Option<GoDuration>,
 
     /// Renew when this percentage of the lifetime remains (1-99). `33` renews at 2/3 of the lifetime.
+    /// Must leave at least `30s` between issuance and renewal (the lifetime includes a 30s backdate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 99))]
     pub renew_before_percentage: Option<u8>,
@@ -231,6 +254,8 @@ pub enum Pkcs12ProfileName {
 #[x_kube(
     validation = Rule::new("self.role == 'client' ? has(self.server) && self.server != '' : !has(self.server)")
         .message("demo.server (the server's TlsIdentity name) is required for clients and not allowed for servers"),
+    validation = schema::rule_demo_interval(),
+    validation = schema::rule_demo_port(),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DemoSpec {
@@ -241,7 +266,7 @@ pub struct DemoSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10))]
     pub replicas: Option<i32>,
-    /// TCP port the server listens on and clients connect to. Default 8443.
+    /// TCP port the server listens on and clients connect to. Default 8443; not 9090 (metrics).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1024, max = 65535))]
     pub port: Option<i32>,
@@ -250,10 +275,10 @@ pub struct DemoSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
     pub server: Option<String>,
-    /// For clients: time between handshakes, as a Go duration. Default `2s`.
+    /// For clients: time between handshakes, as a Go duration. Default `2s`, between `100ms` and `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::duration")]
-    pub interval: Option<Duration>,
+    pub interval: Option<GoDuration>,
 }
 
 /// Role of a demo workload.
@@ -313,11 +338,15 @@ pub enum KeyAlgorithm {
 /// Labels and annotations copied onto the Secret.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 pub struct SecretTemplate {
-    /// Labels added to the Secret. tlsid's own labels take precedence.
+    /// Labels added to the Secret (at most 64, valid Kubernetes label keys and values). Keys under
+    /// `tlsid.dev/` and `app.kubernetes.io/managed-by` are reserved for tlsid.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "schema::template_labels")]
     pub labels: BTreeMap<String, String>,
-    /// Annotations added to the Secret. tlsid's own annotations take precedence.
+    /// Annotations added to the Secret (at most 64, valid Kubernetes annotation keys). Keys under
+    /// `tlsid.dev/` and `app.kubernetes.io/managed-by` are reserved for tlsid.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "schema::template_annotations")]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -349,7 +378,12 @@ pub struct TlsIdentityStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_fingerprint: Option<String>,
     /// Number of certificates issued for this identity so far.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "revision_lenient"
+    )]
+    #[schemars(range(min = 0, max = MAX_REVISION))]
     pub revision: Option<i64>,
     /// The value of the `tlsid.dev/renew` annotation that was last acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -358,11 +392,24 @@ pub struct TlsIdentityStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure_time: Option<Time>,
     /// Consecutive failed issuance attempts; drives exponential backoff. Cleared on success.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "attempts_lenient"
+    )]
+    #[schemars(range(min = 0, max = MAX_FAILED_ISSUANCE_ATTEMPTS))]
     pub failed_issuance_attempts: Option<i32>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+fn revision_lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    lenient::clamped_i64(d, MAX_REVISION)
+}
+
+fn attempts_lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+    lenient::clamped_i32(d, MAX_FAILED_ISSUANCE_ATTEMPTS)
 }
 
 // === impl TlsIdentity ===
@@ -382,5 +429,31 @@ impl TlsIdentity {
             .conditions
             .iter()
             .find(|c| c.type_ == type_)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crd_carries_the_new_bounds() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(crate::api::TlsIdentity::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let root_rules = schema["x-kubernetes-validations"].to_string();
+        assert!(
+            root_rules.contains("self.metadata.name.size() <= 63"),
+            "{root_rules}"
+        );
+        let status = &schema["properties"]["status"]["properties"];
+        assert_eq!(status["failedIssuanceAttempts"]["minimum"], 0.0);
+        assert_eq!(status["revision"]["maximum"], MAX_REVISION as f64);
+        let spec = &schema["properties"]["spec"];
+        assert_eq!(spec["properties"]["duration"]["maxLength"], 32);
+        let spec_rules = spec["x-kubernetes-validations"].to_string();
+        for want in ["87840h", "getSeconds()", "duration('30s')"] {
+            assert!(spec_rules.contains(want), "{want}");
+        }
     }
 }

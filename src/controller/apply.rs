@@ -5,9 +5,7 @@ use crate::{
     api::{FIELD_MANAGER, TlsIdentity, TlsIdentityStatus, conditions::READY, conditions::Reason},
     resources,
 };
-use k8s_openapi::{
-    api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Condition,
-};
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Condition};
 use kube::{
     Api, Resource, ResourceExt,
     api::{DynamicObject, Patch, PatchParams, PostParams},
@@ -29,7 +27,10 @@ pub async fn secret(
     mut desired: Secret,
     existing: Option<&Secret>,
 ) -> Written {
-    let api = Api::<Secret>::namespaced(ctx.client.clone(), &identity.namespace().unwrap_or_default());
+    let api = Api::<Secret>::namespaced(
+        ctx.client.clone(),
+        &identity.namespace().unwrap_or_default(),
+    );
     let name = identity.secret_name();
     let result = match existing {
         None => {
@@ -54,7 +55,9 @@ pub async fn secret(
                     current.metadata.resource_version.clone().into();
             }
             let pp = PatchParams::apply(FIELD_MANAGER).force();
-            api.patch(&name, &pp, &Patch::Apply(value)).await.map(|_| ())
+            api.patch(&name, &pp, &Patch::Apply(value))
+                .await
+                .map(|_| ())
         }
     };
     match result {
@@ -88,7 +91,10 @@ async fn drop_owner_ref(
         {"op": "replace", "path": "/metadata/ownerReferences", "value": keep},
     ]))
     .map_err(kube::Error::SerdeError)?;
-    info!(secret = current.name_any(), "removing the owner reference: the Secret is retained when the identity is deleted");
+    info!(
+        secret = current.name_any(),
+        "removing the owner reference: the Secret is retained when the identity is deleted"
+    );
     api.patch(
         &current.name_any(),
         &PatchParams::default(),
@@ -152,11 +158,20 @@ pub async fn unreadable(
         .find(|c| c.type_ == READY)
         .map(|c| c.message.clone())
         .unwrap_or_default();
-    warn!(namespace = ns, name, reason = Reason::UnreadableObject.as_str(), error = why, "object cannot be read; skipping it");
+    warn!(
+        namespace = ns,
+        name,
+        reason = Reason::UnreadableObject.as_str(),
+        error = why,
+        "object cannot be read; skipping it"
+    );
     let ar = kube::api::ApiResource::erase::<TlsIdentity>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
     let patch = serde_json::json!({"status": {"conditions": conditions}});
-    let object = Box::new(kube::runtime::reflector::ObjectRef::from_obj_with(obj, ar.clone()));
+    let object = Box::new(kube::runtime::reflector::ObjectRef::from_obj_with(
+        obj,
+        ar.clone(),
+    ));
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map_err(|source| super::Error::StatusWrite { object, source })?;

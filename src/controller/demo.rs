@@ -45,7 +45,11 @@ pub async fn reconcile(obj: &TlsIdentity, ctx: &Context) -> DemoOutcome {
             warn!(error = %e, "demo workload not applied");
             DemoOutcome {
                 condition: Some((false, Reason::DemoFailed, api_message(&e))),
-                recheck: Some(if is_persistent(&e) { BACKOFF_CAP } else { RETRY }),
+                recheck: Some(if is_persistent(&e) {
+                    BACKOFF_CAP
+                } else {
+                    RETRY
+                }),
             }
         }
     }

@@ -1,8 +1,8 @@
 //! Reconcile errors: each names the object and step, keeps its cause as a typed source (printed
 //! once, by whoever prints the chain), and has a stable category for metrics and logs.
 
-use kube::runtime::reflector::ObjectRef;
 use kube::api::DynamicObject;
+use kube::runtime::reflector::ObjectRef;
 
 /// What kept a reconcile from finishing. Failures that the identity's status can carry (issuance,
 /// a refused Secret write, a demo apply) are not errors: they become conditions. These are the
@@ -56,7 +56,10 @@ pub fn is_persistent(err: &kube::Error) -> bool {
 /// The apiserver's own words for a failed request, for a condition message.
 pub fn api_message(err: &kube::Error) -> String {
     match err {
-        kube::Error::Api(s) => format!("the apiserver answered {} {}: {}", s.code, s.reason, s.message),
+        kube::Error::Api(s) => format!(
+            "the apiserver answered {} {}: {}",
+            s.code, s.reason, s.message
+        ),
         other => other.to_string(),
     }
 }

@@ -219,9 +219,17 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
             EventType::Normal
         };
         if note.warning {
-            warn!(reason = note.reason, message = note.message, "identity event");
+            warn!(
+                reason = note.reason,
+                message = note.message,
+                "identity event"
+            );
         } else {
-            info!(reason = note.reason, message = note.message, "identity event");
+            info!(
+                reason = note.reason,
+                message = note.message,
+                "identity event"
+            );
         }
         ctx.publish(identity, type_, &note.reason, note.message.clone())
             .await;
@@ -248,7 +256,9 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
         &plan.effective_status,
         ready_of(&plan.effective_status),
     );
-    Ok(plan.requeue.map_or_else(Action::await_change, Action::requeue))
+    Ok(plan
+        .requeue
+        .map_or_else(Action::await_change, Action::requeue))
 }
 
 fn ready_of(status: &TlsIdentityStatus) -> &str {

@@ -1,11 +1,11 @@
 //! Prometheus metrics, `tlsid_` prefixed, served on `/metrics`.
 
+use crate::api::TlsIdentityStatus;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use crate::api::TlsIdentityStatus;
 use std::{
     collections::BTreeSet,
     sync::{Mutex, atomic::AtomicI64},

@@ -169,7 +169,8 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     };
     // Only objects we manage: never every Secret in the cluster. The label selects; nothing of
     // these Secrets is cached (a foreign Secret wearing the label costs one transient decode).
-    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let managed =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
 
     let (ca_changed_tx, ca_changed_rx) = futures::channel::mpsc::channel::<()>(1);
     let ca_task = tokio::spawn(ca::watch(ctx.clone(), ca_changed_tx));

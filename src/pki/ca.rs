@@ -14,6 +14,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
     SerialNumber,
 };
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use x509_parser::prelude::*;
 
@@ -71,9 +72,16 @@ impl Authority {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "tlsid");
+        // Unique per key: two roots made in the same second must not share a subject, or a peer
+        // holding the other one reports BadSignature instead of UnknownIssuer.
+        let key_id = Sha256::digest(key.public_key_raw());
         dn.push(
             DnType::CommonName,
-            format!("tlsid cluster CA {}", now.as_second()),
+            format!(
+                "tlsid cluster CA {} {}",
+                now.as_second(),
+                hex::encode(&key_id[..4])
+            ),
         );
         params.distinguished_name = dn;
         // No path length limit: OpenSSL and Go enforce a root's pathLen, and a user may later put an
@@ -288,6 +296,23 @@ pub(crate) fn random_serial() -> SerialNumber {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roots_made_in_the_same_second_have_distinct_subjects() {
+        let now = now();
+        let subject = |a: &Authority| {
+            let der = &parse_pem_certs(a.bundle_pem().as_bytes()).unwrap()[0];
+            let (_, cert) = parse_x509_certificate(der).unwrap();
+            cert.subject().to_string()
+        };
+        let (a, b) = (
+            Authority::generate_root(now).unwrap(),
+            Authority::generate_root(now).unwrap(),
+        );
+        let (sa, sb) = (subject(&a), subject(&b));
+        assert_ne!(sa, sb);
+        assert!(sa.contains("tlsid cluster CA"), "{sa}");
+    }
 
     fn now() -> jiff::Timestamp {
         "2026-01-01T00:00:00Z".parse().unwrap()

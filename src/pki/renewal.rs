@@ -1,6 +1,7 @@
 //! When to renew: one pure function.
 
-use super::RenewPolicy;
+use super::{BACKDATE, RenewPolicy};
+use crate::api::MIN_RENEW_AFTER_SECS;
 use sha2::{Digest, Sha256};
 
 /// Jitter never exceeds this, nor 2% of the lifetime.
@@ -15,6 +16,10 @@ const MAX_JITTER_SECS: i64 = 300;
 /// Then it moves earlier by a deterministic jitter in `[0, min(2% of lifetime, 5m)]` derived from
 /// `seed` (the object's UID), so identities created together do not all renew in the same second,
 /// and is truncated to the second.
+///
+/// Finally it is never earlier than the issuance time (`not_before + BACKDATE`) plus
+/// [`MIN_RENEW_AFTER_SECS`], so one issuance can never trigger the next right away; if that floor
+/// is after `not_after` (a certificate too short-lived for it), the result is `not_after`.
 pub fn renewal_time(
     not_before: jiff::Timestamp,
     not_after: jiff::Timestamp,
@@ -44,8 +49,15 @@ pub fn renewal_time(
     } else {
         0
     };
-    let t = (base - jitter).max(not_before.as_second());
-    jiff::Timestamp::from_second(t).unwrap_or(not_before)
+    let floor = not_before
+        .as_second()
+        .saturating_add(i64::try_from(BACKDATE.as_secs()).unwrap_or(i64::MAX))
+        .saturating_add(i64::try_from(MIN_RENEW_AFTER_SECS).unwrap_or(i64::MAX));
+    if floor > not_after.as_second() {
+        return not_after;
+    }
+    let t = (base - jitter).max(floor);
+    jiff::Timestamp::from_second(t).unwrap_or(not_after)
 }
 
 #[cfg(test)]
@@ -124,7 +136,68 @@ mod tests {
                 RenewPolicy::Before(Duration::from_secs(u64::MAX)),
                 "x"
             ),
-            t
+            earlier,
+            "inverted validity: renew at notAfter (already past)"
         );
+        let (min, max) = (jiff::Timestamp::MIN, jiff::Timestamp::MAX);
+        for policy in [
+            RenewPolicy::Percentage(1),
+            RenewPolicy::Percentage(99),
+            RenewPolicy::Before(Duration::ZERO),
+            RenewPolicy::Before(Duration::from_secs(u64::MAX)),
+        ] {
+            let got = renewal_time(min, max, policy, "x");
+            assert!(got >= min && got <= max);
+            assert_eq!(renewal_time(max, max, policy, "x"), max);
+        }
+    }
+
+    #[test]
+    fn never_sooner_than_min_renew_after_issuance() {
+        // Issued at 00:00:30 (notBefore backdated 30s); the floor is 00:01:00.
+        let nb = ts("2026-01-01T00:00:00Z");
+        let floor = ts("2026-01-01T00:01:00Z");
+        let cases = [
+            // (notAfter, policy, want)
+            // duration 60s, 99%: base would be 00:00:31.
+            ("2026-01-01T00:01:30Z", RenewPolicy::Percentage(99), floor),
+            // duration 60s, renewBefore 59s: base 00:00:31.
+            (
+                "2026-01-01T00:01:30Z",
+                RenewPolicy::Before(Duration::from_secs(59)),
+                floor,
+            ),
+            // renewBefore longer than the lifetime: 2/3 fallback (00:01:00) is at the floor.
+            (
+                "2026-01-01T00:01:30Z",
+                RenewPolicy::Before(Duration::from_secs(3600)),
+                floor,
+            ),
+            // Lifetime shorter than backdate + minimum (e.g. clamped by the CA): renew at notAfter.
+            (
+                "2026-01-01T00:00:50Z",
+                RenewPolicy::Percentage(33),
+                ts("2026-01-01T00:00:50Z"),
+            ),
+            // Floor exactly at notAfter.
+            ("2026-01-01T00:01:00Z", RenewPolicy::Percentage(1), floor),
+        ];
+        for (na, policy, want) in cases {
+            let got = renewal_time(nb, ts(na), policy, "uid-1");
+            assert_eq!(got, want, "{na} {policy:?}");
+        }
+        // Enough room: the policy decides (base 00:01:10, jitter up to 2% of 100s).
+        for seed in ["a", "b", "c", "d"] {
+            let got = renewal_time(
+                nb,
+                ts("2026-01-01T00:01:40Z"),
+                RenewPolicy::Before(Duration::from_secs(30)),
+                seed,
+            );
+            assert!(
+                got >= ts("2026-01-01T00:01:08Z") && got <= ts("2026-01-01T00:01:10Z"),
+                "{got}"
+            );
+        }
     }
 }

@@ -1,7 +1,12 @@
 //! The issuance request: a `TlsIdentity` spec with defaults applied and checked.
 //! Anything the CRD schema could not reject is caught here and reported as `InvalidSpec`.
 
-use crate::api::{DEFAULT_DURATION_SECS, KeyAlgorithm, MIN_DURATION_SECS, TlsIdentitySpec, Usage};
+use crate::api::{
+    DEFAULT_DEMO_INTERVAL, DEFAULT_DURATION_SECS, DEMO_METRICS_PORT, DemoSpec, GoDuration,
+    KeyAlgorithm, MAX_DEMO_INTERVAL, MAX_DURATION_SECS, MIN_DEMO_INTERVAL, MIN_DURATION_SECS,
+    MIN_RENEW_AFTER_SECS, MIN_RENEW_BEFORE_SECS, TlsIdentitySpec, Usage,
+};
+use crate::pki::BACKDATE;
 use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 /// Key type and size.
@@ -113,20 +118,20 @@ impl IssuanceRequest {
         };
         let duration = match &spec.duration {
             None => Duration::from_secs(DEFAULT_DURATION_SECS),
-            Some(d) if d.is_negative() => {
-                return Err(InvalidSpec("duration must be positive".into()));
-            }
-            Some(d) => Duration::from(*d),
+            Some(d) => parse_field("duration", d)?,
         };
         if duration < Duration::from_secs(MIN_DURATION_SECS) {
             return Err(InvalidSpec(format!(
                 "duration must be at least {MIN_DURATION_SECS}s"
             )));
         }
-        // Ten years is far beyond any sensible workload certificate and keeps time arithmetic safe.
-        if duration > Duration::from_secs(10 * 366 * 24 * 3600) {
-            return Err(InvalidSpec("duration must be at most 10 years".into()));
+        if duration > Duration::from_secs(MAX_DURATION_SECS) {
+            return Err(InvalidSpec(format!(
+                "duration must be at most {}h (10 years)",
+                MAX_DURATION_SECS / 3600
+            )));
         }
+        let min_renew_after = Duration::from_secs(MIN_RENEW_AFTER_SECS);
         let renew = match (&spec.renew_before, spec.renew_before_percentage) {
             (Some(_), Some(_)) => {
                 return Err(InvalidSpec(
@@ -134,13 +139,34 @@ impl IssuanceRequest {
                 ));
             }
             (Some(rb), None) => {
-                let rb = Duration::from(*rb);
+                let rb = parse_field("renewBefore", rb)?;
+                if rb < Duration::from_secs(MIN_RENEW_BEFORE_SECS) {
+                    return Err(InvalidSpec(format!(
+                        "renewBefore must be at least {MIN_RENEW_BEFORE_SECS}s"
+                    )));
+                }
                 if rb >= duration {
                     return Err(InvalidSpec(
                         "renewBefore must be shorter than duration".into(),
                     ));
                 }
+                if duration.saturating_sub(rb) < min_renew_after {
+                    return Err(InvalidSpec(format!(
+                        "renewBefore leaves less than {MIN_RENEW_AFTER_SECS}s between issuance and renewal: \
+                         duration - renewBefore must be at least {MIN_RENEW_AFTER_SECS}s; \
+                         lower renewBefore or raise duration"
+                    )));
+                }
                 RenewPolicy::Before(rb)
+            }
+            (None, Some(p)) if (1..=99).contains(&p) && !percentage_leaves_time(duration, p) => {
+                return Err(InvalidSpec(format!(
+                    "renewBeforePercentage {p} leaves less than {MIN_RENEW_AFTER_SECS}s between issuance \
+                     and renewal for a duration of {}s (the certificate is also backdated {}s): \
+                     lower renewBeforePercentage or raise duration",
+                    duration.as_secs(),
+                    BACKDATE.as_secs()
+                )));
             }
             (None, Some(p)) if (1..=99).contains(&p) => RenewPolicy::Percentage(p),
             (None, Some(p)) => {
@@ -150,6 +176,14 @@ impl IssuanceRequest {
             }
             (None, None) => RenewPolicy::default(),
         };
+        if let Some(demo) = &spec.demo {
+            demo_interval(demo)?;
+            if demo.port == Some(DEMO_METRICS_PORT) {
+                return Err(InvalidSpec(format!(
+                    "demo.port must not be {DEMO_METRICS_PORT}: the demo's metrics endpoint listens there"
+                )));
+            }
+        }
         Ok(Self {
             common_name,
             dns_names,
@@ -161,6 +195,36 @@ impl IssuanceRequest {
             renew,
         })
     }
+}
+
+/// The demo client's interval: the default when unset, else parsed and within bounds.
+pub fn demo_interval(demo: &DemoSpec) -> Result<Duration, InvalidSpec> {
+    let Some(text) = &demo.interval else {
+        return Ok(DEFAULT_DEMO_INTERVAL);
+    };
+    let interval = parse_field("demo.interval", text)?;
+    if !(MIN_DEMO_INTERVAL..=MAX_DEMO_INTERVAL).contains(&interval) {
+        return Err(InvalidSpec(format!(
+            "demo.interval must be between {}ms and 1h",
+            MIN_DEMO_INTERVAL.as_millis()
+        )));
+    }
+    Ok(interval)
+}
+
+/// Parse a duration field; the error names the field.
+fn parse_field(field: &str, value: &GoDuration) -> Result<Duration, InvalidSpec> {
+    value
+        .parse()
+        .map_err(|e| InvalidSpec(format!("{field}: {e}")))
+}
+
+/// Whether renewing when `p`% of the lifetime remains leaves [`MIN_RENEW_AFTER_SECS`] after
+/// issuance. The lifetime is `duration + BACKDATE`; computed in whole seconds, as the CRD's CEL rule.
+fn percentage_leaves_time(duration: Duration, p: u8) -> bool {
+    let lifetime = u128::from(duration.as_secs()) + u128::from(BACKDATE.as_secs());
+    let need = 100 * (u128::from(MIN_RENEW_AFTER_SECS) + u128::from(BACKDATE.as_secs()));
+    lifetime * u128::from(100 - p.min(100)) >= need
 }
 
 fn check_dns_name(name: &str) -> Result<(), InvalidSpec> {
@@ -308,6 +372,152 @@ mod tests {
         for (s, want) in cases {
             let err = IssuanceRequest::from_spec(&s).expect_err(want);
             assert!(err.0.contains(want), "{err} should mention {want}");
+        }
+    }
+
+    #[test]
+    fn durations_and_renewal_windows() {
+        use crate::api::{DemoRole, DemoSpec};
+        let with = |d: Option<&str>, rb: Option<&str>, p: Option<u8>| TlsIdentitySpec {
+            duration: d.map(GoDuration::from),
+            renew_before: rb.map(GoDuration::from),
+            renew_before_percentage: p,
+            ..spec()
+        };
+        let demo = |interval: Option<&str>, port: Option<i32>| TlsIdentitySpec {
+            demo: Some(DemoSpec {
+                role: DemoRole::Client,
+                server: Some("srv".into()),
+                interval: interval.map(GoDuration::from),
+                port,
+                ..Default::default()
+            }),
+            ..spec()
+        };
+        // (spec, Ok(()) or Err(substring of the message))
+        let cases: Vec<(&str, TlsIdentitySpec, Result<(), &str>)> = vec![
+            (
+                "overflow",
+                with(Some("99999999999999999999s"), None, None),
+                Err("duration: invalid duration"),
+            ),
+            (
+                "garbage",
+                with(Some("soon"), None, None),
+                Err("duration: invalid duration"),
+            ),
+            ("negative", with(Some("-1h"), None, None), Err("negative")),
+            (
+                "100 years",
+                with(Some("876000h"), None, None),
+                Err("at most 87840h"),
+            ),
+            ("10 years", with(Some("87840h"), None, None), Ok(())),
+            (
+                "bad renewBefore",
+                with(None, Some("1e9s"), None),
+                Err("renewBefore: invalid duration"),
+            ),
+            (
+                "renewBefore tiny",
+                with(None, Some("4s"), None),
+                Err("at least 5s"),
+            ),
+            (
+                "renewBefore 59s of 60s",
+                with(Some("60s"), Some("59s"), None),
+                Err("renewBefore leaves less than 30s"),
+            ),
+            (
+                "renewBefore 31s of 60s",
+                with(Some("60s"), Some("31s"), None),
+                Err("renewBefore leaves less than 30s"),
+            ),
+            (
+                "renewBefore 30s of 60s",
+                with(Some("60s"), Some("30s"), None),
+                Ok(()),
+            ),
+            (
+                "renewBefore 23h59m31s of 24h",
+                with(None, Some("23h59m31s"), None),
+                Err("lower renewBefore"),
+            ),
+            (
+                "renewBefore 23h59m30s of 24h",
+                with(None, Some("23h59m30s"), None),
+                Ok(()),
+            ),
+            (
+                "99% of 60s",
+                with(Some("60s"), None, Some(99)),
+                Err("renewBeforePercentage 99 leaves less than 30s"),
+            ),
+            (
+                "34% of 60s",
+                with(Some("60s"), None, Some(34)),
+                Err("lower renewBeforePercentage"),
+            ),
+            ("33% of 60s", with(Some("60s"), None, Some(33)), Ok(())),
+            ("99% of 24h", with(None, None, Some(99)), Ok(())),
+            ("99% of 100m", with(Some("100m"), None, Some(99)), Ok(())),
+            (
+                "99% of 99m",
+                with(Some("99m"), None, Some(99)),
+                Err("leaves less"),
+            ),
+            (
+                "demo interval garbage",
+                demo(Some("1d"), None),
+                Err("demo.interval: invalid duration"),
+            ),
+            (
+                "demo interval too short",
+                demo(Some("50ms"), None),
+                Err("between 100ms and 1h"),
+            ),
+            (
+                "demo interval too long",
+                demo(Some("61m"), None),
+                Err("between 100ms and 1h"),
+            ),
+            ("demo interval ok", demo(Some("100ms"), None), Ok(())),
+            (
+                "demo port = metrics",
+                demo(None, Some(9090)),
+                Err("demo.port must not be 9090"),
+            ),
+            ("demo port ok", demo(None, Some(8443)), Ok(())),
+        ];
+        for (name, s, want) in cases {
+            match (IssuanceRequest::from_spec(&s), want) {
+                (Ok(_), Ok(())) => {}
+                (Err(e), Err(w)) => assert!(e.0.contains(w), "{name}: {e:?} should mention {w:?}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn percentage_bound_matches_actual_renewal_time() {
+        // Wherever from_spec accepts a percentage, the renewal comes at least MIN_RENEW_AFTER
+        // after issuance (before jitter and clamping).
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        for secs in [60u64, 61, 90, 100, 3600, 5999, 6000, 86400] {
+            for p in 1..=99u8 {
+                let d = Duration::from_secs(secs);
+                let nb = now - BACKDATE;
+                let na = now + d;
+                let lifetime = na.as_second() - nb.as_second();
+                let renew = na.as_second() - lifetime * i64::from(p) / 100;
+                let after = renew - now.as_second();
+                if percentage_leaves_time(d, p) {
+                    assert!(
+                        after >= MIN_RENEW_AFTER_SECS as i64,
+                        "{secs}s {p}%: {after}"
+                    );
+                }
+            }
         }
     }
 

@@ -184,10 +184,15 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
         }
         Err(reason) => reason,
     };
-    // Back off after failures, measured from the recorded failure so that restarts do not reset it.
-    if let (Some(attempts), Some(Time(last))) =
-        (old.failed_issuance_attempts, &old.last_failure_time)
-    {
+    // Back off after failures, measured from the recorded failure so that restarts do not reset
+    // it. A spec changed since the failure (the user's fix) is tried at once.
+    let failed_at_this_generation =
+        status::condition(&old, ISSUING).is_some_and(|c| c.observed_generation == obs.generation());
+    if let (Some(attempts), Some(Time(last)), true) = (
+        old.failed_issuance_attempts,
+        &old.last_failure_time,
+        failed_at_this_generation,
+    ) {
         let retry_at = *last + failure_backoff(attempts, obs.seed());
         if obs.now < retry_at {
             return Decision::Defer {
@@ -466,8 +471,7 @@ pub fn finish(obs: &Observed<'_>, outcome: Outcome, demo: DemoOutcome) -> Plan {
             if obs.own_secret().is_none_or(|s| {
                 resources::secret_needs_update(s, &desired)
                     || resources::secret::owner_ref_to_drop(s, obs.identity)
-            })
-            {
+            }) {
                 plan.secret = Some(desired);
             }
             if old.serial_number.as_deref() != Some(info.serial_hex.as_str()) {
@@ -688,7 +692,10 @@ pub fn unreadable_conditions(
                 b: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
         a.len() == b.len()
             && a.iter().zip(b).all(|(x, y)| {
-                x.type_ == y.type_ && x.status == y.status && x.reason == y.reason && x.message == y.message
+                x.type_ == y.type_
+                    && x.status == y.status
+                    && x.reason == y.reason
+                    && x.message == y.message
             })
     };
     let mut sorted = current.to_vec();

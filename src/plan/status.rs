@@ -83,10 +83,25 @@ mod tests {
         set_condition(&mut c, READY, true, "Issued", "ok".into(), Some(1), t0);
         let first = c.clone();
         set_condition(&mut c, READY, true, "Issued", "ok".into(), Some(1), t1);
-        assert_eq!(c, first, "same status at a later time: identical, so no write");
+        assert_eq!(
+            c, first,
+            "same status at a later time: identical, so no write"
+        );
         set_condition(&mut c, READY, true, "Renewed", "again".into(), Some(1), t1);
-        assert_eq!(c[0].last_transition_time, Time(t0), "reason changes keep the time");
-        set_condition(&mut c, READY, false, "SecretConflict", "x".into(), Some(1), t1);
+        assert_eq!(
+            c[0].last_transition_time,
+            Time(t0),
+            "reason changes keep the time"
+        );
+        set_condition(
+            &mut c,
+            READY,
+            false,
+            "SecretConflict",
+            "x".into(),
+            Some(1),
+            t1,
+        );
         assert_eq!(c[0].last_transition_time, Time(t1));
         set_condition(&mut c, ISSUING, false, "Issued", "x".into(), Some(1), t1);
         assert_eq!(
@@ -101,9 +116,14 @@ mod tests {
             let secs: Vec<f64> = (0..12)
                 .map(|n| failure_backoff(n, seed).as_secs_f64())
                 .collect();
-            let nominal = [5., 5., 10., 20., 40., 80., 160., 300., 300., 300., 300., 300.];
+            let nominal = [
+                5., 5., 10., 20., 40., 80., 160., 300., 300., 300., 300., 300.,
+            ];
             for (got, want) in secs.iter().zip(nominal) {
-                assert!(*got <= want && *got >= want * 0.9, "{seed}: {got} vs {want}");
+                assert!(
+                    *got <= want && *got >= want * 0.9,
+                    "{seed}: {got} vs {want}"
+                );
             }
         }
         assert!(failure_backoff(CAPPED_ATTEMPTS, "x") >= BACKOFF_CAP.mul_f64(0.9));
@@ -112,6 +132,9 @@ mod tests {
         let spread: std::collections::BTreeSet<_> = (0..50)
             .map(|i| failure_backoff(5, &format!("uid-{i}")))
             .collect();
-        assert!(spread.len() > 10, "jitter spreads objects that failed together");
+        assert!(
+            spread.len() > 10,
+            "jitter spreads objects that failed together"
+        );
     }
 }

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 pub const DEFAULT_PORT: i32 = 8443;
-pub const METRICS_PORT: i32 = 9090;
+pub const METRICS_PORT: i32 = crate::api::DEMO_METRICS_PORT;
 pub const CERT_DIR: &str = "/etc/tlsid/tls";
 /// Hash of what we last applied: compared instead of the live object, which the apiserver fills
 /// with defaults, so an unchanged workload costs no write.
@@ -108,10 +108,10 @@ pub fn desired_deployment(
                     t.server_name.clone(),
                 ]);
             }
-            let interval = demo
-                .interval
-                .map(std::time::Duration::from)
-                .unwrap_or(std::time::Duration::from_secs(2));
+            // An invalid interval is reported as InvalidSpec by `IssuanceRequest::from_spec`
+            // before the demo is built; the default here only keeps this builder total.
+            let interval = crate::pki::request::demo_interval(demo)
+                .unwrap_or(crate::api::DEFAULT_DEMO_INTERVAL);
             args.extend(["--interval".into(), format!("{}ms", interval.as_millis())]);
         }
     }

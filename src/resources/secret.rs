@@ -213,7 +213,10 @@ mod tests {
         assert!(belongs_to(&s, &identity()));
         let mut recreated = identity();
         recreated.metadata.uid = Some("uid-2".into());
-        assert!(belongs_to(&s, &recreated), "adopted by name after re-creation");
+        assert!(
+            belongs_to(&s, &recreated),
+            "adopted by name after re-creation"
+        );
         let mut other = identity();
         other.metadata.name = Some("other".into());
         assert!(!belongs_to(&s, &other));
@@ -226,9 +229,15 @@ mod tests {
         let owned = desired_secret(&deleting, &content(), "abcd");
         assert!(controlled_by(&owned, "uid-1"));
         assert!(belongs_to(&owned, &deleting));
-        assert!(!belongs_to(&owned, &recreated), "controlled by the old identity");
+        assert!(
+            !belongs_to(&owned, &recreated),
+            "controlled by the old identity"
+        );
         assert!(!owner_ref_to_drop(&owned, &deleting));
-        assert!(owner_ref_to_drop(&owned, &identity()), "policy back to Retain");
+        assert!(
+            owner_ref_to_drop(&owned, &identity()),
+            "policy back to Retain"
+        );
         let data = secret_data(&s);
         assert_eq!(data.tls_crt, Some(&b"crt"[..]));
         assert_eq!(data.ca_crt, Some(&b"ca"[..]));
