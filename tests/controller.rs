@@ -8,7 +8,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 use support::*;
 use tlsid::{
     api::{TlsIdentity, TlsIdentitySpec, Usage},
@@ -114,10 +114,10 @@ async fn issues_a_verifiable_certificate_matching_the_spec() {
     assert_eq!(labels["team"], "payments");
     assert_eq!(labels["app.kubernetes.io/managed-by"], "tlsid");
     assert_eq!(secret.annotations()["owner"], "alice");
-    let owner = &secret.owner_references()[0];
-    assert_eq!(
-        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
-        ("TlsIdentity", id.uid().unwrap().as_str(), Some(true))
+    assert_eq!(labels["tlsid.dev/identity"], "web");
+    assert!(
+        secret.owner_references().is_empty(),
+        "by default the Secret outlives its identity (secretDeletionPolicy: Retain)"
     );
 
     let status = id.status.as_ref().unwrap();
@@ -364,12 +364,13 @@ async fn invalid_examples_are_rejected_by_the_apiserver_with_their_message() {
 #[tokio::test]
 async fn renews_at_the_renewal_time() {
     let env = setup("renewal").await;
-    // Lifetime 60s (+30s backdate), renew 45s before the end: about 15s after issuance.
+    // Lifetime 60s (+30s backdate), renew 30s before the end: about 30s after issuance (the
+    // shortest tlsid allows).
     let first = create(
         &env,
         &identity(
             "short",
-            json!({"dnsNames": ["s.ns.svc"], "duration": "60s", "renewBefore": "45s"}),
+            json!({"dnsNames": ["s.ns.svc"], "duration": "60s", "renewBefore": "30s"}),
         ),
     )
     .await;
@@ -517,30 +518,149 @@ fn data_str(secret: &Secret, key: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_rejected_write_backs_off_and_recovers() {
-    let env = setup("backoff").await;
-    // A label key the apiserver refuses: the Secret write fails, the controller must not spin.
-    env.ids
-        .create(&PostParams::default(), &identity("bad", json!({"dnsNames": ["b.ns.svc"], "secretTemplate": {"labels": {"no spaces allowed": "x"}}})))
+async fn a_refused_write_is_a_condition_with_the_apiservers_message_and_no_retry_storm() {
+    let env = setup("refused").await;
+    // A real admission policy refuses every Secret write in this namespace that carries the
+    // label "refuse": the apiserver answers 422 with the policy's message.
+    let client = env.ids.clone().into_client();
+    let policy_name = format!("refuse-secrets-{}", env.ns);
+    let policy: serde_json::Value = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": policy_name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["secrets"]}]},
+            "validations": [{
+                "expression": "!has(object.metadata.labels) || !('refuse' in object.metadata.labels)",
+                "message": "secrets labelled refuse are not allowed here"}]
+        }
+    });
+    let binding: serde_json::Value = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": policy_name},
+        "spec": {
+            "policyName": policy_name,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": env.ns}}}
+        }
+    });
+    let gvk = |kind: &str| {
+        kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            "admissionregistration.k8s.io",
+            "v1",
+            kind,
+        ))
+    };
+    let policies: Api<kube::api::DynamicObject> =
+        Api::all_with(client.clone(), &gvk("ValidatingAdmissionPolicy"));
+    let bindings: Api<kube::api::DynamicObject> =
+        Api::all_with(client.clone(), &gvk("ValidatingAdmissionPolicyBinding"));
+    policies
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(policy).unwrap(),
+        )
         .await
         .unwrap();
-    let failing = wait_identity(&env.ids, "bad", "failed attempts recorded", |o| {
-        o.and_then(|i| i.status.as_ref()?.failed_issuance_attempts)
-            .is_some_and(|n| n >= 2)
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(binding).unwrap(),
+        )
+        .await
+        .unwrap();
+    // Policies take effect asynchronously: wait until a probe Secret is refused.
+    let probe: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "probe", "labels": {"refuse": "x"}}, "stringData": {"a": "b"}}),
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while env
+        .secrets
+        .create(&PostParams::default(), &probe)
+        .await
+        .is_ok()
+    {
+        env.secrets
+            .delete("probe", &Default::default())
+            .await
+            .unwrap();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "policy never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    env.ids
+        .create(
+            &PostParams::default(),
+            &identity(
+                "bad",
+                json!({"dnsNames": ["b.ns.svc"], "secretTemplate": {"labels": {"refuse": "x"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let failing = wait_identity(&env.ids, "bad", "refused write recorded", |o| {
+        condition(o, "Ready").is_some_and(|(s, r)| s == "False" && r == "SecretRejected")
     })
     .await;
-    let (status, reason) = condition(Some(&failing), "Ready").unwrap();
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "SecretWrite"));
+    let msg = &failing.condition("Ready").unwrap().message;
     assert!(
-        failing
-            .condition("Ready")
-            .unwrap()
-            .message
-            .contains("no spaces allowed")
+        msg.contains("secrets labelled refuse are not allowed here"),
+        "{msg}"
     );
-    let attempts = env.controller.metric("tlsid_reconcile_errors_total").await;
-    assert!(attempts <= 4.0, "retry storm: {attempts} errors");
+    assert!(msg.contains("422"), "{msg}");
+    // The refusal will not change by retrying soon: the next attempt waits the capped backoff.
+    let attempts = failing
+        .status
+        .as_ref()
+        .unwrap()
+        .failed_issuance_attempts
+        .unwrap();
+    assert!(attempts >= 7, "jumped to the capped backoff: {attempts}");
+    // Let the controller see its own status write; then count: no retry storm, one Warning.
+    env.controller.wait_reconciled(2.0).await;
+    let before = env.controller.metric("tlsid_reconcile_errors_total").await;
+    assert!(before <= 2.0, "retry storm: {before} errors");
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &env.ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let warnings = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("SecretRejected"))
+        .count();
+    assert_eq!(warnings, 1, "one Warning for one refusal");
 
+    // Remove the policy and fix the spec: the fix is tried at once, not after the capped wait.
+    bindings
+        .delete(&policy_name, &Default::default())
+        .await
+        .unwrap();
+    policies
+        .delete(&policy_name, &Default::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while env
+        .secrets
+        .create(&PostParams::default(), &probe)
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "policy never went away"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let fix = json!({"spec": {"secretTemplate": null}});
     env.ids
         .patch("bad", &PatchParams::default(), &Patch::Merge(&fix))

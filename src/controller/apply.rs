@@ -172,9 +172,19 @@ pub async fn unreadable(
         obj,
         ar.clone(),
     ));
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+    // The apiserver may refuse to patch an object it cannot convert either (a field of the wrong
+    // type): then the Event is all that can be said. No retry: nothing will change that but an
+    // edit of the object, which triggers a reconcile.
+    if let Err(source) = api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
         .await
-        .map_err(|source| super::Error::StatusWrite { object, source })?;
+    {
+        let e = super::Error::StatusWrite { object, source };
+        let cause = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        warn!(error = %e, cause, "cannot record on the object that it is unreadable");
+    }
     ctx.publish_ref(
         &obj.object_ref(&ar),
         EventType::Warning,

@@ -209,31 +209,8 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
             }
         }
     }
-    if let Some(status) = &plan.status {
-        apply::status(ctx, identity, status).await?;
-    }
-    for note in &plan.events {
-        let type_ = if note.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        if note.warning {
-            warn!(
-                reason = note.reason,
-                message = note.message,
-                "identity event"
-            );
-        } else {
-            info!(
-                reason = note.reason,
-                message = note.message,
-                "identity event"
-            );
-        }
-        ctx.publish(identity, type_, &note.reason, note.message.clone())
-            .await;
-    }
+    // Metrics first: they describe what was written (the Secret) and what is about to be (the
+    // status), so a reader who sees the status also sees the metrics.
     if let Some(reason) = plan.issued {
         ctx.metrics
             .issuances
@@ -256,6 +233,36 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
         &plan.effective_status,
         ready_of(&plan.effective_status),
     );
+    // Events even when the status write fails: the apiserver may refuse to patch an object it
+    // cannot convert (a value past the schema); the Event is then all the user sees. A failed
+    // status write is retried with backoff, and repeated Events become one Event series.
+    let written = match &plan.status {
+        Some(status) => apply::status(ctx, identity, status).await,
+        None => Ok(()),
+    };
+    for note in &plan.events {
+        let type_ = if note.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        if note.warning {
+            warn!(
+                reason = note.reason,
+                message = note.message,
+                "identity event"
+            );
+        } else {
+            info!(
+                reason = note.reason,
+                message = note.message,
+                "identity event"
+            );
+        }
+        ctx.publish(identity, type_, &note.reason, note.message.clone())
+            .await;
+    }
+    written?;
     Ok(plan
         .requeue
         .map_or_else(Action::await_change, Action::requeue))

@@ -21,6 +21,7 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ObjectReference, Secret, Service},
 };
+use kube::core::PartialObjectMeta;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ApiResource, DynamicObject},
@@ -156,19 +157,18 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     let (identities, secrets, deployments, services) = match &ctx.config.watch_namespace {
         Some(ns) => (
             Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar),
-            Api::<Secret>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), ns),
             Api::<Deployment>::namespaced(client.clone(), ns),
             Api::<Service>::namespaced(client.clone(), ns),
         ),
         None => (
             Api::<DynamicObject>::all_with(client.clone(), &ar),
-            Api::all(client.clone()),
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
         ),
     };
-    // Only objects we manage: never every Secret in the cluster. The label selects; nothing of
-    // these Secrets is cached (a foreign Secret wearing the label costs one transient decode).
+    // Only objects we manage: never every Secret in the cluster.
     let managed =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
 
@@ -203,14 +203,22 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
 
     let secret_ar = ar.clone();
     let controller = Controller::for_stream_with(stream, store.clone(), ar.clone())
-        .watches_with(secrets, (), managed.clone(), move |s: Secret| {
-            let name = s.labels().get(IDENTITY_LABEL).cloned();
-            let ns = s.namespace();
-            let ar = secret_ar.clone();
-            name.into_iter().map(move |n| {
-                ObjectRef::new_with(&n, ar.clone()).within(ns.as_deref().unwrap_or_default())
-            })
-        })
+        // Secret metadata only: a foreign Secret wearing tlsid's label costs its metadata, never
+        // its data. A Secret maps to the identity its label names.
+        .watches_stream_with(
+            watcher(secrets, managed.clone())
+                .default_backoff()
+                .touched_objects(),
+            move |s: PartialObjectMeta<Secret>| {
+                let name = s.labels().get(IDENTITY_LABEL).cloned();
+                let ns = s.namespace();
+                let ar = secret_ar.clone();
+                name.into_iter().map(move |n| {
+                    ObjectRef::new_with(&n, ar.clone()).within(ns.as_deref().unwrap_or_default())
+                })
+            },
+            (),
+        )
         .owns_with(deployments, (), managed.clone())
         .owns_with(services, (), managed)
         .with_config(

@@ -200,6 +200,22 @@ impl Controller {
         }
     }
 
+    /// Resident memory of the controller process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("controller process status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Whether the controller process is still running (it did not crash).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -221,6 +237,58 @@ async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
     Ok(out)
+}
+
+/// Write `object` (JSON) straight into etcd under `key`, past the apiserver's admission and
+/// schema: how a value the schema now rejects (written under an older, looser CRD) reaches the
+/// controller. Uses etcd's JSON gateway on the test control plane's loopback port.
+pub async fn etcd_put(key: &str, object: &serde_json::Value) {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let port: u16 = std::env::var("TLSID_ETCD_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(12379);
+    let body = serde_json::json!({
+        "key": b64(key.as_bytes()),
+        "value": b64(object.to_string().as_bytes()),
+    })
+    .to_string();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to etcd");
+    s.write_all(
+        format!(
+            "POST /v3/kv/put HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "etcd put failed: {out}");
+}
+
+/// Like [`wait_identity`], with a longer bound for conditions that follow a slow clock (a CA
+/// that expires in 90 s).
+pub async fn wait_identity_for(
+    api: &Api<TlsIdentity>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(Option<&TlsIdentity>) -> bool,
+) -> TlsIdentity {
+    let found = tokio::time::timeout(
+        timeout,
+        await_condition(api.clone(), name, move |o: Option<&TlsIdentity>| cond(o)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {name}: {what}"))
+    .expect("watch");
+    found.unwrap_or_else(|| panic!("{name} vanished while waiting for {what}"))
 }
 
 pub fn ready(obj: Option<&TlsIdentity>) -> bool {
