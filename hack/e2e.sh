@@ -92,6 +92,46 @@ stage "test (tests/e2e.rs)"
 TLSID_E2E_KUBECONFIG="${KUBECONFIG}" TLSID_E2E_KUBELET_SYNC_FREQUENCY="${TLSID_NODE_SYNC_FREQUENCY}" \
   cargo test --locked --test e2e -- --nocapture
 
+stage "deletion keeps Secrets workloads mount (the garbage collector runs here)"
+# Two identities: one with the default policy (Retain), and a control that opts in to deletion
+# (Delete). The control's Secret is collected: that shows the garbage collector is running, so
+# the kept Secret was kept by design, not by a missing collector.
+k -n "${DEMO_NS}" apply -f - >/dev/null <<EOF
+apiVersion: tlsid.dev/v1alpha1
+kind: TlsIdentity
+metadata: {name: gc-kept}
+spec: {dnsNames: [gc-kept.${DEMO_NS}.svc]}
+---
+apiVersion: tlsid.dev/v1alpha1
+kind: TlsIdentity
+metadata: {name: gc-collected}
+spec: {dnsNames: [gc-collected.${DEMO_NS}.svc], secretDeletionPolicy: Delete}
+EOF
+k -n "${DEMO_NS}" wait --for=condition=Ready tlsidentity/gc-kept tlsidentity/gc-collected --timeout "${TIMEOUT}" >/dev/null
+k -n "${DEMO_NS}" delete tlsidentity gc-kept gc-collected --wait --timeout "${TIMEOUT}" >/dev/null
+k -n "${DEMO_NS}" wait --for=delete secret/gc-collected-tls --timeout "${TIMEOUT}" >/dev/null ||
+  die "control failed: the Secret of an identity with secretDeletionPolicy: Delete was not garbage-collected"
+k -n "${DEMO_NS}" get secret gc-kept-tls >/dev/null ||
+  die "deleting an identity deleted its Secret (secretDeletionPolicy defaults to Retain)"
+log "identity deleted: its Secret kept; the control (Delete) collected by the garbage collector"
+
+stage "uninstall keeps the CA and the Secrets; a reinstall adopts them without re-issuing"
+ca_rv="$(k -n "${SYSTEM_NS}" get secret tlsid-ca -o jsonpath='{.metadata.resourceVersion}')"
+serial_of() { k -n "${DEMO_NS}" get secret "$1" -o 'jsonpath={.metadata.annotations.tlsid\.dev/serial}'; }
+server_serial="$(serial_of demo-server-tls)"
+"${helm}" uninstall "${RELEASE}" --namespace "${SYSTEM_NS}" --wait --timeout "${TIMEOUT}" >/dev/null
+k -n "${SYSTEM_NS}" get secret tlsid-ca >/dev/null || die "helm uninstall deleted the CA Secret"
+k -n "${DEMO_NS}" get secret demo-server-tls demo-client-tls gc-kept-tls >/dev/null ||
+  die "helm uninstall deleted identity Secrets that workloads mount"
+"${helm}" install "${RELEASE}" charts/tlsid --namespace "${SYSTEM_NS}" \
+  --set image.pullPolicy=Never --wait --timeout "${TIMEOUT}" >/dev/null
+k -n "${DEMO_NS}" wait --for=condition=Ready tlsidentity/demo-server --timeout "${TIMEOUT}" >/dev/null
+[[ "$(k -n "${SYSTEM_NS}" get secret tlsid-ca -o jsonpath='{.metadata.resourceVersion}')" == "${ca_rv}" ]] ||
+  die "the reinstall changed the CA Secret"
+[[ "$(serial_of demo-server-tls)" == "${server_serial}" ]] ||
+  die "the reinstall re-issued a valid certificate"
+log "uninstall kept the CA and the Secrets; the reinstall found the same CA and re-issued nothing"
+
 stage "uninstall, delete the namespaces, look for orphans"
 start=${SECONDS}
 "${helm}" uninstall "${RELEASE}" --namespace "${SYSTEM_NS}" --wait --timeout "${TIMEOUT}" >/dev/null

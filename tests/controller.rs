@@ -262,7 +262,7 @@ async fn unowned_secret_is_a_conflict_and_left_untouched() {
         id.condition("Ready")
             .unwrap()
             .message
-            .contains("not controlled by this TlsIdentity")
+            .contains("does not belong to this TlsIdentity")
     );
 
     // Two identities naming one Secret: the first owns it, the second gets the conflict.
