@@ -132,18 +132,23 @@ k -n "${DEMO_NS}" wait --for=condition=Ready tlsidentity/demo-server --timeout "
   die "the reinstall re-issued a valid certificate"
 log "uninstall kept the CA and the Secrets; the reinstall found the same CA and re-issued nothing"
 
-stage "uninstall, delete the namespaces, look for orphans"
+stage "uninstall, delete the CRD (the Secrets stay), delete the namespaces, look for orphans"
 start=${SECONDS}
 "${helm}" uninstall "${RELEASE}" --namespace "${SYSTEM_NS}" --wait --timeout "${TIMEOUT}" >/dev/null
-# With the controller gone, the demo must still go away with its namespace:
-# nothing of ours may block deletion (no finalizers) or survive it.
-k delete namespace "${DEMO_NS}" "${SYSTEM_NS}" --wait --timeout "${TIMEOUT}" >/dev/null
-log "helm uninstall + namespace deletion: $((SECONDS - start))s"
-
 # The CRD stays on uninstall by design (crds.keep=true in values.yaml).
 [[ "$(k get crd tlsidentities.tlsid.dev -o jsonpath='{.metadata.annotations.helm\.sh/resource-policy}')" == keep ]] ||
   die "the TlsIdentity CRD is gone or lost its helm.sh/resource-policy=keep annotation"
+# Deleting the CRD deletes every identity; the Secrets workloads mount stay (no owner reference
+# by default: the control above showed the garbage collector acts on those that have one).
 k delete crd tlsidentities.tlsid.dev --wait --timeout "${TIMEOUT}" >/dev/null
+k -n "${DEMO_NS}" get secret demo-server-tls demo-client-tls >/dev/null ||
+  die "deleting the CRD deleted identity Secrets that workloads mount"
+k -n "${SYSTEM_NS}" get secret tlsid-ca >/dev/null || die "deleting the CRD deleted the CA Secret"
+log "CRD deleted: identity Secrets and the CA kept"
+# With the controller gone, the demo must still go away with its namespace:
+# nothing of ours may block deletion (no finalizers) or survive it.
+k delete namespace "${DEMO_NS}" "${SYSTEM_NS}" --wait --timeout "${TIMEOUT}" >/dev/null
+log "helm uninstall + CRD and namespace deletion: $((SECONDS - start))s"
 
 # Every listable object in the cluster whose name, namespace or labels
 # mention tlsid, but the node's own (its Node, CSINode and Lease are named
