@@ -15,51 +15,6 @@ use tlsid::{
     pki::{self, KeySpec, inspect::parse_leaf},
 };
 
-fn identity(name: &str, spec: serde_json::Value) -> TlsIdentity {
-    serde_json::from_value(json!({
-        "apiVersion": "tlsid.dev/v1alpha1",
-        "kind": "TlsIdentity",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("identity")
-}
-
-struct Env {
-    ids: Api<TlsIdentity>,
-    secrets: Api<Secret>,
-    ns: String,
-    controller: Controller,
-}
-
-async fn setup(test: &str) -> Env {
-    let cluster = cluster().await;
-    let client = cluster.client().await;
-    let ns = namespace(&client, test).await;
-    let controller = Controller::start(cluster, &ns).await;
-    Env {
-        ids: Api::namespaced(client.clone(), &ns),
-        secrets: Api::namespaced(client, &ns),
-        ns,
-        controller,
-    }
-}
-
-async fn create(env: &Env, id: &TlsIdentity) -> TlsIdentity {
-    env.ids
-        .create(&PostParams::default(), id)
-        .await
-        .expect("create identity");
-    wait_identity(&env.ids, &id.name_any(), "Ready", ready).await
-}
-
-fn serial(id: &TlsIdentity) -> String {
-    id.status
-        .as_ref()
-        .and_then(|s| s.serial_number.clone())
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn issues_a_verifiable_certificate_matching_the_spec() {
     let env = setup("issues").await;

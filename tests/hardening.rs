@@ -13,49 +13,6 @@ use std::time::Duration;
 use support::*;
 use tlsid::api::TlsIdentity;
 
-fn identity(name: &str, spec: serde_json::Value) -> TlsIdentity {
-    serde_json::from_value(json!({
-        "apiVersion": "tlsid.dev/v1alpha1",
-        "kind": "TlsIdentity",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("identity")
-}
-
-struct Env {
-    ids: Api<TlsIdentity>,
-    secrets: Api<Secret>,
-    ns: String,
-    controller: Controller,
-}
-
-async fn setup(test: &str) -> Env {
-    let cluster = cluster().await;
-    let client = cluster.client().await;
-    let ns = namespace(&client, test).await;
-    setup_in(test, ns).await
-}
-
-async fn setup_in(_test: &str, ns: String) -> Env {
-    let cluster = cluster().await;
-    let client = cluster.client().await;
-    let controller = Controller::start(cluster, &ns).await;
-    Env {
-        ids: Api::namespaced(client.clone(), &ns),
-        secrets: Api::namespaced(client, &ns),
-        ns,
-        controller,
-    }
-}
-
-fn serial(id: &TlsIdentity) -> String {
-    id.status
-        .as_ref()
-        .and_then(|s| s.serial_number.clone())
-        .unwrap_or_default()
-}
-
 fn reason_is(status: &'static str, reason: &'static str) -> impl Fn(Option<&TlsIdentity>) -> bool {
     move |o| condition(o, "Ready").is_some_and(|(s, r)| s == status && r == reason)
 }
@@ -215,7 +172,7 @@ async fn a_ca_that_expires_while_running_blocks_issuance_without_a_loop() {
         .create(&PostParams::default(), &secret)
         .await
         .unwrap();
-    let env = setup_in("ca-expiry", ns).await;
+    let env = setup_in(ns).await;
     env.ids
         .create(
             &PostParams::default(),

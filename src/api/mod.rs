@@ -412,6 +412,18 @@ fn attempts_lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32
     lenient::clamped_i32(d, MAX_FAILED_ISSUANCE_ATTEMPTS)
 }
 
+// === impl TlsIdentitySpec ===
+
+impl TlsIdentitySpec {
+    /// The PKCS#12 settings, when keystores are to be written.
+    pub fn pkcs12_wanted(&self) -> Option<&Pkcs12Keystore> {
+        self.keystores
+            .as_ref()
+            .and_then(|k| k.pkcs12.as_ref())
+            .filter(|p| p.create)
+    }
+}
+
 // === impl TlsIdentity ===
 
 impl TlsIdentity {

@@ -284,13 +284,7 @@ async fn read_password(
     identity: &TlsIdentity,
     secrets: &Api<Secret>,
 ) -> Result<KeystorePassword, kube::Error> {
-    let Some(p12) = identity
-        .spec
-        .keystores
-        .as_ref()
-        .and_then(|k| k.pkcs12.as_ref())
-        .filter(|p| p.create)
-    else {
+    let Some(p12) = identity.spec.pkcs12_wanted() else {
         return Ok(KeystorePassword::NotRequested);
     };
     let Some(r) = &p12.password_secret_ref else {

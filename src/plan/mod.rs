@@ -283,13 +283,7 @@ pub fn secret_content(
         ca_crt: ca.bundle_pem().into_bytes(),
         ..Default::default()
     };
-    let Some(p12) = identity
-        .spec
-        .keystores
-        .as_ref()
-        .and_then(|k| k.pkcs12.as_ref())
-        .filter(|p| p.create)
-    else {
+    let Some(p12) = identity.spec.pkcs12_wanted() else {
         return (content, None);
     };
     let password = match password {

@@ -376,3 +376,59 @@ pub fn openssl_verify(secret: &Secret, purpose: &str) -> Result<(), String> {
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+// === one test's environment: a namespace, its controller, the APIs ===
+
+/// A `TlsIdentity` as `kubectl apply` would send it.
+pub fn identity(name: &str, spec: serde_json::Value) -> TlsIdentity {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "tlsid.dev/v1alpha1",
+        "kind": "TlsIdentity",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("identity")
+}
+
+pub struct Env {
+    pub ids: Api<TlsIdentity>,
+    pub secrets: Api<Secret>,
+    pub ns: String,
+    pub controller: Controller,
+}
+
+/// A fresh namespace named after the test, with its own controller.
+pub async fn setup(test: &str) -> Env {
+    let cluster = cluster().await;
+    let ns = namespace(&cluster.client().await, test).await;
+    setup_in(ns).await
+}
+
+/// A controller for `ns` (which the caller may have prepared, e.g. with a CA Secret).
+pub async fn setup_in(ns: String) -> Env {
+    let cluster = cluster().await;
+    let client = cluster.client().await;
+    let controller = Controller::start(cluster, &ns).await;
+    Env {
+        ids: Api::namespaced(client.clone(), &ns),
+        secrets: Api::namespaced(client, &ns),
+        ns,
+        controller,
+    }
+}
+
+/// Create an identity and wait until it is Ready.
+pub async fn create(env: &Env, id: &TlsIdentity) -> TlsIdentity {
+    env.ids
+        .create(&PostParams::default(), id)
+        .await
+        .expect("create identity");
+    wait_identity(&env.ids, &id.name_any(), "Ready", ready).await
+}
+
+pub fn serial(id: &TlsIdentity) -> String {
+    id.status
+        .as_ref()
+        .and_then(|s| s.serial_number.clone())
+        .unwrap_or_default()
+}
