@@ -222,11 +222,11 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
             ),
         };
     }
-    // Renewals wait for the minimum interval since the last issuance; repairs and spec changes
-    // do not (they settle after one issuance).
+    // Renewals the clock asks for wait for the minimum interval since the last issuance; repairs,
+    // spec changes and a user's request do not (each settles after one issuance).
     if matches!(
         reason,
-        ReissueReason::RenewalDue(_) | ReissueReason::Expired(_) | ReissueReason::ManualRequest(_)
+        ReissueReason::RenewalDue(_) | ReissueReason::Expired(_)
     ) && let Some(Time(not_before)) = &old.not_before
     {
         let issued_at = *not_before + BACKDATE;

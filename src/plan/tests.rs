@@ -270,6 +270,21 @@ fn a_renewal_point_at_issuance_never_loops() {
 }
 
 #[test]
+fn a_manual_renewal_right_after_issuance_is_not_delayed() {
+    let id = identity(serde_json::json!({}));
+    let (mut id, secret) = settled(&id);
+    id.metadata.annotations = Some([(RENEW_ANNOTATION.to_string(), "now".to_string())].into());
+    let r = run(&id, Some(&secret), t0() + secs(2));
+    assert!(matches!(
+        r.decision,
+        Decision::Issue {
+            reason: ReissueReason::ManualRequest(_),
+            ..
+        }
+    ));
+}
+
+#[test]
 fn manual_renewal_is_handled_once() {
     let id = identity(serde_json::json!({}));
     let (mut id, secret) = settled(&id);
