@@ -96,12 +96,7 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
                 ca.clone(),
                 obs.password.clone(),
             );
-            let content = move || {
-                let data = existing.as_ref().map(resources::secret_data);
-                let crt = data.and_then(|d| d.tls_crt).unwrap_or_default().to_vec();
-                let key = data.and_then(|d| d.tls_key).unwrap_or_default().to_vec();
-                plan::secret_content(&id, existing.as_ref(), crt, key, &ca2, &pw)
-            };
+            let content = move || plan::kept_content(&id, existing.as_ref(), &ca2, &pw);
             // Keystores may need building (key derivation): off the async workers. Without
             // them this is a copy of a few bytes, done in place.
             let (content, keystore_problem) = if identity.spec.pkcs12_wanted().is_some() {

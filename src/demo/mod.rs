@@ -158,52 +158,19 @@ pub(crate) fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
-/// Parse a Go-style duration (`300ms`, `2s`, `1m30s`, `1.5h`, or `0`) without ever panicking.
-///
-/// Written here rather than reusing `kube::core::Duration`, whose parser panics on inputs such as
-/// `1e400s` or `NaNs` (it multiplies by an unchecked float); a typo in a flag should be a message.
+/// Parse a Go-style duration (`300ms`, `2s`, `1m30s`, `1.5h`, or `0`) without ever panicking:
+/// the API's parser ([`crate::api::GoDuration`], checked integer arithmetic), with surrounding
+/// blanks allowed and a sign refused, as a command-line flag should.
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
-    // Beyond this the value is certainly a mistake, and it keeps the float-to-integer step exact.
-    const MAX_NANOS: f64 = 100.0 * 365.0 * 24.0 * 3600.0 * 1e9;
-    let invalid =
-        |why: &str| format!("invalid duration {input:?}: {why} (examples: 500ms, 2s, 1m30s)");
-
     let text = input.trim();
-    if text == "0" {
-        return Ok(Duration::ZERO);
+    if text.starts_with('+') {
+        return Err(format!(
+            "invalid duration {input:?}: no sign allowed (examples: 500ms, 2s, 1m30s)"
+        ));
     }
-    if text.is_empty() {
-        return Err(invalid("empty"));
-    }
-    let is_number = |c: char| c.is_ascii_digit() || c == '.';
-    let mut rest = text;
-    let mut total_nanos = 0.0_f64;
-    while !rest.is_empty() {
-        let number_end = rest.find(|c: char| !is_number(c)).unwrap_or(rest.len());
-        let (number, tail) = rest.split_at(number_end);
-        let value: f64 = match number {
-            "" | "." => return Err(invalid("expected a number")),
-            n => n.parse().map_err(|_| invalid("malformed number"))?,
-        };
-        let unit_end = tail.find(is_number).unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_end);
-        let nanos_per_unit = match unit {
-            "ns" => 1.0,
-            "us" | "\u{00b5}s" | "\u{03bc}s" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            "" => return Err(invalid("missing unit")),
-            _ => return Err(invalid("unknown unit, expected one of ns, us, ms, s, m, h")),
-        };
-        total_nanos += value * nanos_per_unit;
-        rest = tail;
-    }
-    if !total_nanos.is_finite() || total_nanos > MAX_NANOS {
-        return Err(invalid("too large"));
-    }
-    Ok(Duration::from_nanos(total_nanos.round() as u64))
+    crate::api::GoDuration::from(text)
+        .parse()
+        .map_err(|e| e.to_string())
 }
 
 /// Like [`parse_duration`], but zero is refused: a zero interval would spin.

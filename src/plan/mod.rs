@@ -317,6 +317,19 @@ pub fn secret_content(
     }
 }
 
+/// [`secret_content`] for a certificate that stays: the PEM files as the Secret holds them.
+pub fn kept_content(
+    identity: &TlsIdentity,
+    existing: Option<&Secret>,
+    ca: &Authority,
+    password: &KeystorePassword,
+) -> (SecretContent, Option<String>) {
+    let data = existing.map(resources::secret_data);
+    let crt = data.and_then(|d| d.tls_crt).unwrap_or_default().to_vec();
+    let key = data.and_then(|d| d.tls_key).unwrap_or_default().to_vec();
+    secret_content(identity, existing, crt, key, ca, password)
+}
+
 /// What came of the decision.
 #[derive(Debug)]
 pub enum Outcome {

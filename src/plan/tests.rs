@@ -67,15 +67,7 @@ fn run_with(
     let decision = decide(&obs);
     let outcome = match decision.clone() {
         Decision::Keep { info, renew_at } => {
-            let d = resources::secret_data(secret.unwrap());
-            let (content, keystore_problem) = secret_content(
-                id,
-                secret,
-                d.tls_crt.unwrap().to_vec(),
-                d.tls_key.unwrap().to_vec(),
-                ca,
-                &obs.password,
-            );
+            let (content, keystore_problem) = kept_content(id, secret, ca, &obs.password);
             Outcome::Kept {
                 info,
                 renew_at,
