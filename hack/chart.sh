@@ -201,7 +201,20 @@ cmd_check() {
   fi
   expect_rejected "a misspelt top-level key" "additional properties 'imagee' not allowed" --set imagee.tag=x
   expect_rejected "a misspelt nested key" "additional properties 'enabeld' not allowed" --set prometheus.serviceMonitor.enabeld=true
-  expect_rejected "replicaCount=2" "/replicaCount" --set replicaCount=2
+  expect_rejected "replicaCount=0" "/replicaCount" --set replicaCount=0
+  expect_rejected "an install name that is not a DNS label" "/install/name" --set install.name=Tlsid_A
+  expect_rejected "a renew grace not shorter than the Lease" "renewGraceSeconds must be less than" --set leaderElection.renewGraceSeconds=10
+  # 2 replicas (the default) get a PodDisruptionBudget; 1 replica gets none.
+  if helm_template | grep -q '^kind: PodDisruptionBudget'; then
+    tlsid_log "ok: the default 2 replicas have a PodDisruptionBudget"
+  else
+    FAILED+=("no PodDisruptionBudget with the default replicaCount")
+  fi
+  if helm_template --set replicaCount=1 | grep -q '^kind: PodDisruptionBudget'; then
+    FAILED+=("a PodDisruptionBudget for a single replica (it would block every drain)")
+  else
+    tlsid_log "ok: replicaCount=1 renders without a PodDisruptionBudget"
+  fi
   expect_rejected "an unknown log format" "/logFormat" --set logFormat=xml
 
   # 5. The apiserver accepts deploy/ (only when one is reachable).

@@ -69,6 +69,51 @@ struct ControllerArgs {
     /// Watch TlsIdentities in this namespace only (default: all namespaces).
     #[arg(long, env = "TLSID_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// This install's name. It serves the identities whose label `tlsid.dev/install` names it
+    /// (the install named `tlsid` also serves identities without the label) and names the leader
+    /// Lease `<install>-leader`. Two installs in one cluster must have different names.
+    #[arg(long, env = "TLSID_INSTALL", default_value = tlsid::api::DEFAULT_INSTALL, value_parser = parse_install)]
+    install: String,
+    /// Elect one writer among the replicas with a Lease. Disable only when a single replica runs.
+    #[arg(long, env = "TLSID_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Seconds a leader's Lease lasts without renewal: a crashed leader is replaced after about
+    /// this long plus one second.
+    #[arg(long, env = "TLSID_LEASE_DURATION", default_value_t = controller::leader::LeaseTiming::DEFAULT.duration)]
+    lease_duration: u64,
+    /// Seconds before expiry that the leader renews its Lease (also the clock skew tolerated
+    /// between replicas).
+    #[arg(long, env = "TLSID_LEASE_RENEW_GRACE", default_value_t = controller::leader::LeaseTiming::DEFAULT.grace)]
+    lease_renew_grace: u64,
+    /// The install's issuance budget: certificates signed per second, sustained.
+    #[arg(long, env = "TLSID_ISSUANCE_RATE", default_value_t = tlsid::plan::budget::DEFAULT_RATE, value_parser = parse_rate)]
+    issuance_rate: f64,
+    /// The issuance budget's burst: certificates that may be signed at once before the rate applies.
+    #[arg(long, env = "TLSID_ISSUANCE_BURST", default_value_t = tlsid::plan::budget::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    issuance_burst: u32,
+}
+
+fn parse_install(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 40
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("an install name is a DNS label of at most 40 characters (lowercase letters, digits, '-')".into())
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 100_000.0 => Ok(r),
+        _ => {
+            Err("a rate is a number of certificates per second, above 0 and at most 100000".into())
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -129,14 +174,22 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
+    let lease = controller::leader::LeaseTiming::new(args.lease_duration, args.lease_renew_grace)
+        .map_err(anyhow::Error::msg)?;
     let config = Config {
         namespace: args.namespace,
         ca_secret: args.ca_secret,
         demo_image: args.demo_image,
         concurrency: args.concurrency.max(1),
         watch_namespace: args.watch_namespace,
+        install: args.install,
+        leader_election: args.leader_election,
+        lease,
+        issuance_rate: args.issuance_rate,
+        issuance_burst: args.issuance_burst,
     };
     tracing::info!(
+        install = config.install,
         namespace = config.namespace,
         ca_secret = config.ca_secret,
         version = env!("CARGO_PKG_VERSION"),

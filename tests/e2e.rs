@@ -31,6 +31,7 @@ use kube::{
 use tlsid::api::{RENEW_ANNOTATION, TlsIdentity};
 
 const NS: &str = "tlsid-demo";
+const SYSTEM_NS: &str = "tlsid-system";
 const SERVER: &str = "demo-server";
 const CLIENT: &str = "demo-client";
 const IMPOSTOR: &str = "demo-impostor";
@@ -124,8 +125,12 @@ async fn mtls_demo_on_a_real_node() {
         server_id.name_any()
     ));
 
-    // === rotation of both identities under load ===
+    // === rotation of both identities under load, by a standby: the leader is killed first ===
     let before = Window::scrape(&e2e, &server, &client).await;
+    let killed = e2e.kill_leader().await;
+    step(&format!(
+        "leader pod {killed} killed (grace period 0); the standby takes over the rotation"
+    ));
     let requested = jiff::Timestamp::now();
     let requested_at = Instant::now();
     for name in [SERVER, CLIENT] {
@@ -570,6 +575,25 @@ impl E2e {
             .ok()?;
         let text = self.client.request_text(request).await.ok()?;
         Some(Metrics::parse(&text))
+    }
+
+    /// Force-delete the controller pod that holds the leader Lease (no graceful release: the
+    /// standby must wait out the Lease). Returns its name.
+    async fn kill_leader(&self) -> String {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), SYSTEM_NS);
+        let holder = leases
+            .get("tlsid-leader")
+            .await
+            .expect("the leader Lease")
+            .spec
+            .and_then(|s| s.holder_identity)
+            .expect("a leader holds the Lease");
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), SYSTEM_NS);
+        pods.delete(&holder, &DeleteParams::default().grace_period(0))
+            .await
+            .unwrap_or_else(|e| panic!("delete leader pod {holder}: {e}"));
+        holder
     }
 
     async fn delete_deployment(&self, name: &str) {

@@ -25,6 +25,20 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "tlsid";
 /// Label naming the `TlsIdentity` a Secret belongs to.
 pub const IDENTITY_LABEL: &str = "tlsid.dev/identity";
+/// Label on a `TlsIdentity` naming the tlsid install that serves it (`--install`). Absent means
+/// the default install, [`DEFAULT_INSTALL`]. Every identity is served by exactly one install; the
+/// others leave it alone. The install's name also names its Lease and its cluster-scoped objects.
+pub const INSTALL_LABEL: &str = "tlsid.dev/install";
+pub const DEFAULT_INSTALL: &str = "tlsid";
+
+/// The install that serves an object with these labels.
+pub fn install_of(labels: &std::collections::BTreeMap<String, String>) -> &str {
+    labels
+        .get(INSTALL_LABEL)
+        .map(String::as_str)
+        .unwrap_or(DEFAULT_INSTALL)
+}
+
 /// Annotation that asks for a re-issue; its value is an opaque token (e.g. a timestamp).
 /// A new value triggers one re-issue; the handled value is recorded in `status.lastRenewRequest`.
 pub const RENEW_ANNOTATION: &str = "tlsid.dev/renew";

@@ -32,6 +32,7 @@ pub async fn secret(
         &identity.namespace().unwrap_or_default(),
     );
     let name = identity.secret_name();
+    ctx.metrics.wrote("secret");
     let result = match existing {
         None => {
             let pp = PostParams {
@@ -114,11 +115,15 @@ pub async fn status(
         ctx.client.clone(),
         &identity.namespace().unwrap_or_default(),
     );
+    // The observed resourceVersion is a precondition: a status computed from a stale read (or by
+    // a leader that has been replaced) is refused, never applied over a newer one.
     let patch = serde_json::json!({
         "apiVersion": TlsIdentity::api_version(&()),
         "kind": TlsIdentity::kind(&()),
+        "metadata": {"resourceVersion": identity.resource_version()},
         "status": new,
     });
+    ctx.metrics.wrote("status");
     api.patch_status(
         &identity.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -175,6 +180,7 @@ pub async fn unreadable(
     // The apiserver may refuse to patch an object it cannot convert either (a field of the wrong
     // type): then the Event is all that can be said. No retry: nothing will change that but an
     // edit of the object, which triggers a reconcile.
+    ctx.metrics.wrote("status");
     if let Err(source) = api
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
         .await

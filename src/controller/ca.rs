@@ -10,12 +10,14 @@ use crate::{
 };
 use futures::{SinkExt, StreamExt, channel::mpsc::Sender};
 use k8s_openapi::{
-    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ByteString,
+    api::core::v1::{ObjectReference, Secret},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api,
     api::PostParams,
-    runtime::{WatchStreamExt, watcher},
+    runtime::{WatchStreamExt, events::EventType, watcher},
 };
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use tracing::{error, info, warn};
@@ -38,6 +40,35 @@ pub fn authority_from_secret(secret: &Secret, now: jiff::Timestamp) -> Result<Au
     Authority::from_pem(crt, key, data.ca_crt, now)
 }
 
+/// The CA Secret holding `ca`.
+fn ca_secret(name: &str, ca: &Authority) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+                ("tlsid.dev/ca".to_string(), "true".to_string()),
+            ])),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            ca.to_secret_data()
+                .into_iter()
+                .map(|(k, v)| (k, ByteString(v)))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn create_params() -> PostParams {
+    PostParams {
+        field_manager: Some(crate::api::FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
 /// Load the CA Secret, or create a new self-signed root if there is none.
 pub async fn load_or_create(api: &Api<Secret>, name: &str) -> Result<Authority, LoadError> {
     let api_err = |e| LoadError::Api(name.to_string(), e);
@@ -49,29 +80,7 @@ pub async fn load_or_create(api: &Api<Secret>, name: &str) -> Result<Authority, 
         }
         let ca = Authority::generate_root(jiff::Timestamp::now())
             .map_err(|e| LoadError::Invalid(name.to_string(), e))?;
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.to_string()),
-                labels: Some(BTreeMap::from([
-                    (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
-                    ("tlsid.dev/ca".to_string(), "true".to_string()),
-                ])),
-                ..Default::default()
-            },
-            type_: Some("kubernetes.io/tls".into()),
-            data: Some(
-                ca.to_secret_data()
-                    .into_iter()
-                    .map(|(k, v)| (k, ByteString(v)))
-                    .collect(),
-            ),
-            ..Default::default()
-        };
-        let pp = PostParams {
-            field_manager: Some(crate::api::FIELD_MANAGER.into()),
-            ..Default::default()
-        };
-        match api.create(&pp, &secret).await {
+        match api.create(&create_params(), &ca_secret(name, &ca)).await {
             Ok(_) => {
                 info!(secret = name, fingerprint = ca.fingerprint(), not_after = %ca.not_after(), "created a new self-signed cluster CA");
                 return Ok(ca);
@@ -88,10 +97,19 @@ pub async fn load_or_create(api: &Api<Secret>, name: &str) -> Result<Authority, 
     Err(LoadError::Raced(name.to_string()))
 }
 
-/// Keep the shared CA current: load (or create) it, then follow changes to its Secret. A valid
-/// change swaps the CA and asks every identity to reconcile (so Secrets get the new bundle, and
-/// leaves not issued by a trusted CA are re-issued). An invalid change is reported and ignored:
-/// the last good CA keeps signing.
+/// Event reasons on the CA Secret.
+pub const CA_RESTORED: &str = "CaSecretRestored";
+pub const CA_INVALID: &str = "CaSecretInvalid";
+
+/// Keep the shared CA current: load (or create) it, then follow changes to its Secret.
+///
+/// - A valid change swaps the CA and asks every identity to reconcile (Secrets get the new
+///   bundle; leaves not issued by a trusted CA are re-issued, at the issuance budget).
+/// - An unusable change is reported (Warning, `tlsid_ca_secret_valid` 0) and ignored: the last
+///   good CA keeps signing.
+/// - A deleted CA Secret (also one deleted while the watch was down: a relist that does not
+///   list it) is restored by the leader from the CA it holds: same key, same certificate, so no
+///   identity is re-issued and no peer loses trust.
 pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
     let api = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let name = ctx.config.ca_secret.clone();
@@ -119,12 +137,45 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
 
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher(api.clone(), config).default_backoff().boxed();
-    while let Some(event) = events.next().await {
+    // Whether the Secret exists, as far as the watch says; during a relist, whether it was listed.
+    let mut present = true;
+    let mut listed = false;
+    let mut reported_invalid: Option<String> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => match event {
+                Some(e) => e,
+                None => break,
+            },
+            _ = tick.tick() => {
+                // Only the leader restores; a standby that becomes leader finds it here.
+                if !present && ctx.leadership.is_leader() && restore(&ctx, &api, &name).await {
+                    present = true;
+                }
+                continue;
+            }
+        };
         match event {
+            Ok(watcher::Event::Init) => listed = false,
+            Ok(watcher::Event::InitDone) => {
+                present = listed;
+                if !present {
+                    warn!(
+                        secret = name,
+                        "the CA Secret is gone (deleted while the watch was down)"
+                    );
+                }
+            }
             Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) => {
+                present = true;
+                listed = true;
                 let current = ctx.ca();
                 match authority_from_secret(&secret, jiff::Timestamp::now()) {
                     Ok(ca) => {
+                        ctx.metrics.ca_secret_valid.set(1);
+                        reported_invalid = None;
                         let same = current.as_ref().is_some_and(|c| {
                             c.fingerprint() == ca.fingerprint() && c.bundle_pem() == ca.bundle_pem()
                         });
@@ -139,24 +190,75 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
                         }
                     }
                     Err(e) => {
-                        error!(secret = name, error = %e, "CA Secret changed but is not usable; still signing with the previous CA")
+                        ctx.metrics.ca_secret_valid.set(0);
+                        let rv = secret.metadata.resource_version.clone().unwrap_or_default();
+                        if reported_invalid.as_deref() != Some(rv.as_str()) {
+                            reported_invalid = Some(rv);
+                            error!(secret = name, error = %e, "CA Secret changed but is not usable; still signing with the previous CA");
+                            if ctx.leadership.is_leader() {
+                                ctx.publish_ref(
+                                    &secret_ref(&secret),
+                                    EventType::Warning,
+                                    CA_INVALID,
+                                    format!("the CA Secret is not usable ({e}); tlsid keeps signing with the last good CA (fingerprint {})", current.as_ref().map(|c| c.fingerprint().to_string()).unwrap_or_default()),
+                                )
+                                .await;
+                            }
+                        }
                     }
                 }
             }
             Ok(watcher::Event::Delete(_)) => {
-                warn!(secret = name, "CA Secret deleted; creating a new CA");
-                match load_or_create(&api, &name).await {
-                    Ok(ca) => {
-                        ctx.set_ca(Arc::new(ca));
-                        let _ = changed.send(()).await;
-                    }
-                    Err(e) => {
-                        error!(error = %e, "could not recreate the CA; still signing with the previous CA")
-                    }
+                present = false;
+                warn!(secret = name, "CA Secret deleted");
+                if ctx.leadership.is_leader() && restore(&ctx, &api, &name).await {
+                    present = true;
                 }
             }
-            Ok(_) => {}
             Err(e) => warn!(error = %e, "CA watch error"),
         }
+    }
+}
+
+/// Recreate the CA Secret from the CA held in memory. True if it exists again.
+async fn restore(ctx: &Context, api: &Api<Secret>, name: &str) -> bool {
+    let Some(ca) = ctx.ca() else { return false };
+    ctx.metrics.wrote("ca_secret");
+    match api.create(&create_params(), &ca_secret(name, &ca)).await {
+        Ok(created) => {
+            warn!(
+                secret = name,
+                fingerprint = ca.fingerprint(),
+                "CA Secret was deleted; restored it from the CA in use (same key and certificate)"
+            );
+            ctx.publish_ref(
+                &secret_ref(&created),
+                EventType::Warning,
+                CA_RESTORED,
+                format!(
+                    "the CA Secret was deleted; tlsid restored it from the CA in use (fingerprint {}); no identity is re-issued",
+                    ca.fingerprint()
+                ),
+            )
+            .await;
+            true
+        }
+        Err(kube::Error::Api(s)) if s.is_already_exists() => true,
+        Err(e) => {
+            warn!(secret = name, error = %e, "could not restore the CA Secret; retrying");
+            false
+        }
+    }
+}
+
+fn secret_ref(secret: &Secret) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Secret".into()),
+        name: secret.metadata.name.clone(),
+        namespace: secret.metadata.namespace.clone(),
+        uid: secret.metadata.uid.clone(),
+        resource_version: secret.metadata.resource_version.clone(),
+        ..Default::default()
     }
 }

@@ -62,8 +62,8 @@ async fn apply(obj: &TlsIdentity, ctx: &Context) -> Result<DemoOutcome, DemoErro
     let services = Api::<Service>::namespaced(ctx.client.clone(), &ns);
 
     let Some(demo) = &obj.spec.demo else {
-        delete_owned(&deployments, &build::demo_name(obj), &uid).await?;
-        delete_owned(&services, &obj.name_any(), &uid).await?;
+        delete_owned(&ctx.metrics, &deployments, &build::demo_name(obj), &uid).await?;
+        delete_owned(&ctx.metrics, &services, &obj.name_any(), &uid).await?;
         return Ok(DemoOutcome::default());
     };
 
@@ -99,11 +99,17 @@ async fn apply(obj: &TlsIdentity, ctx: &Context) -> Result<DemoOutcome, DemoErro
     };
 
     let deployment = build::desired_deployment(obj, demo, &ctx.config.demo_image, target.as_ref());
-    apply_owned(&deployments, deployment, &uid).await?;
+    apply_owned(&ctx.metrics, &deployments, deployment, &uid).await?;
     if demo.role == DemoRole::Server {
-        apply_owned(&services, build::desired_service(obj, demo), &uid).await?;
+        apply_owned(
+            &ctx.metrics,
+            &services,
+            build::desired_service(obj, demo),
+            &uid,
+        )
+        .await?;
     } else {
-        delete_owned(&services, &obj.name_any(), &uid).await?;
+        delete_owned(&ctx.metrics, &services, &obj.name_any(), &uid).await?;
     }
     let msg = match &target {
         Some(t) => format!(
@@ -126,7 +132,12 @@ async fn apply(obj: &TlsIdentity, ctx: &Context) -> Result<DemoOutcome, DemoErro
 
 /// Apply `desired` unless the live object already carries its hash. Never takes over an object
 /// someone else controls.
-async fn apply_owned<K>(api: &Api<K>, desired: K, uid: &str) -> Result<(), DemoError>
+async fn apply_owned<K>(
+    metrics: &super::metrics::Metrics,
+    api: &Api<K>,
+    desired: K,
+    uid: &str,
+) -> Result<(), DemoError>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
 {
@@ -146,6 +157,7 @@ where
     let mut value = serde_json::to_value(&desired).unwrap_or_default();
     value["apiVersion"] = K::api_version(&()).into();
     value["kind"] = K::kind(&()).into();
+    metrics.wrote(&K::kind(&()).to_lowercase());
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -156,7 +168,12 @@ where
     Ok(())
 }
 
-async fn delete_owned<K>(api: &Api<K>, name: &str, uid: &str) -> Result<(), DemoError>
+async fn delete_owned<K>(
+    metrics: &super::metrics::Metrics,
+    api: &Api<K>,
+    name: &str,
+    uid: &str,
+) -> Result<(), DemoError>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
 {
@@ -164,6 +181,7 @@ where
         && controlled_by(&live, uid)
     {
         info!(kind = %K::kind(&()), name, "removing demo workload");
+        metrics.wrote(&K::kind(&()).to_lowercase());
         api.delete(name, &DeleteParams::default())
             .await
             .map_err(DemoError::Api)?;

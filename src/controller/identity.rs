@@ -1,6 +1,7 @@
 //! One reconcile of one identity: observe → [`plan::decide`] → sign if asked → [`plan::finish`] →
 //! apply what differs. Every rule lives in `plan`; this file only reads and writes.
 
+use super::leader::Role;
 use super::{
     Context,
     apply::{self, Written},
@@ -8,6 +9,7 @@ use super::{
     error::{Error, api_message, is_persistent},
     metrics,
 };
+use crate::plan::budget::Admit;
 use crate::{
     api::{TlsIdentity, TlsIdentityStatus, conditions::READY, conditions::Reason},
     plan::{self, Decision, Failure, KeystorePassword, Observed, Outcome},
@@ -19,12 +21,32 @@ use kube::{
     api::DynamicObject,
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
-use std::sync::Arc;
-use tracing::{info, warn};
+use std::{sync::Arc, time::Duration};
+use tracing::{debug, info, warn};
 
 /// Reconcile one object of the watch. An object that does not deserialize is reported on itself
 /// and left alone: it never stops the others from being served.
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if crate::api::install_of(obj.labels()) != ctx.config.install {
+        // Served by another install (the default install sees every identity, and a label can
+        // change): leave it alone, and drop what this install held for it.
+        ctx.metrics
+            .forget(&obj.namespace().unwrap_or_default(), &obj.name_any());
+        ctx.cancel_issuance(&Context::failure_key(&obj));
+        ctx.metrics.skip("OtherInstall");
+        return Ok(Action::await_change());
+    }
+    match ctx.leadership.role() {
+        // A standby keeps its caches warm and writes nothing; when it becomes the leader every
+        // identity is reconciled.
+        Role::Follower => {
+            ctx.metrics.skip("Standby");
+            return Ok(Action::await_change());
+        }
+        // Elected, but our renewal is not confirmed yet: come back rather than drop the work.
+        Role::Unconfirmed => return Ok(Action::requeue(Duration::from_secs(1))),
+        Role::Leader => {}
+    }
     let started = std::time::Instant::now();
     ctx.metrics.reconciliations.inc();
     let result = match typed(&obj) {
@@ -88,6 +110,20 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
 
     // --- decide, then sign or reuse (CPU-bound: off the async workers).
     let decision = plan::decide(&obs);
+    let key = format!("{ns}/{}", identity.name_any());
+    if let Decision::Issue { reason, .. } = &decision {
+        // Every issuance passes the install's budget: a bulk re-issue goes at a steady pace.
+        if let Admit::Wait(wait) = ctx.admit_issuance(&key) {
+            debug!(
+                reason = reason.reason(),
+                wait_ms = wait.as_millis() as u64,
+                "waiting for the issuance budget"
+            );
+            return Ok(Action::requeue(wait));
+        }
+    } else {
+        ctx.cancel_issuance(&key);
+    }
     let outcome = match decision {
         Decision::Keep { info, renew_at } => {
             let (id, existing, ca2, pw) = (
@@ -242,6 +278,17 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
         Some(status) => apply::status(ctx, identity, status).await,
         None => Ok(()),
     };
+    // The identity changed since it was read (the precondition held): the watch brings the new
+    // version, and the next reconcile adopts what was just written.
+    if let Err(Error::StatusWrite {
+        source: kube::Error::Api(s),
+        ..
+    }) = &written
+        && s.code == 409
+    {
+        debug!("identity changed while reconciling; reconciling again");
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     for note in &plan.events {
         let type_ = if note.warning {
             EventType::Warning

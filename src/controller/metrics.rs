@@ -30,6 +30,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub category: String,
 }
@@ -45,6 +50,20 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub blocked: Family<ReasonLabels, Counter>,
+    /// 1 while this replica holds the leader Lease (the one that writes).
+    pub leader: Gauge<i64, AtomicI64>,
+    /// Renewals of the leader Lease seen (by any replica): the only writes an idle install makes.
+    pub lease_renewals: Counter,
+    /// Writes to identities, Secrets, Events and workloads, by kind (zero when nothing changes).
+    pub writes: Family<KindLabels, Counter>,
+    /// Events about identities this replica did not act on, by why (OtherInstall, Standby).
+    pub skipped: Family<ReasonLabels, Counter>,
+    /// Issuances that had to wait for the issuance budget.
+    pub budget_waits: Counter,
+    /// Identities holding a reserved slot of the issuance budget.
+    pub budget_waiting: Gauge<i64, AtomicI64>,
+    /// 1 while the CA Secret holds a usable CA, 0 while the last good CA signs in its place.
+    pub ca_secret_valid: Gauge<i64, AtomicI64>,
     /// The identities that have per-identity series, so they can be removed with the identity.
     known: Mutex<BTreeSet<(String, String)>>,
 }
@@ -64,6 +83,13 @@ impl Default for Metrics {
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
             blocked: Family::default(),
+            leader: Gauge::default(),
+            lease_renewals: Counter::default(),
+            writes: Family::default(),
+            skipped: Family::default(),
+            budget_waits: Counter::default(),
+            budget_waiting: Gauge::default(),
+            ca_secret_valid: Gauge::default(),
             known: Mutex::default(),
             registry: Registry::default(),
         };
@@ -112,11 +138,61 @@ impl Default for Metrics {
             "Identities that could not be issued because the CA cannot sign them, by reason (CaExpired, CaExpiring); counted when an identity becomes blocked",
             m.blocked.clone(),
         );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and writes; 0 on standbys",
+            m.leader.clone(),
+        );
+        registry.register(
+            "lease_renewals",
+            "Renewals of the leader Lease observed: the only writes an idle install makes",
+            m.lease_renewals.clone(),
+        );
+        registry.register(
+            "writes",
+            "Writes to the apiserver for identities, by kind (secret, status, event, deployment, service, ca_secret); Lease renewals are counted apart",
+            m.writes.clone(),
+        );
+        registry.register(
+            "reconciliations_skipped",
+            "Identity events this replica did not act on: OtherInstall (another install serves the identity), Standby (this replica is not the leader)",
+            m.skipped.clone(),
+        );
+        registry.register(
+            "issuance_budget_waits",
+            "Issuances that waited for the install's issuance budget (--issuance-rate, --issuance-burst)",
+            m.budget_waits.clone(),
+        );
+        registry.register(
+            "issuance_budget_waiting",
+            "Identities waiting for a slot of the issuance budget",
+            m.budget_waiting.clone(),
+        );
+        registry.register(
+            "ca_secret_valid",
+            "1 while the CA Secret holds a usable CA; 0 while it does not and the last good CA keeps signing",
+            m.ca_secret_valid.clone(),
+        );
         Self { registry, ..m }
     }
 }
 
 impl Metrics {
+    pub fn skip(&self, reason: &str) {
+        self.skipped
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// One write to the apiserver of `kind`.
+    pub fn wrote(&self, kind: &str) {
+        self.writes
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
     /// Per-identity series from the identity's status: never beside it.
     pub fn record(&self, namespace: &str, name: &str, status: &TlsIdentityStatus, ready: &str) {
         self.remember(namespace, name);

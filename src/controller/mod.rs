@@ -9,12 +9,15 @@ pub mod ca;
 mod demo;
 pub mod error;
 mod identity;
+pub mod leader;
 pub mod metrics;
 pub mod server;
 
 pub use error::Error;
 
-use crate::api::{IDENTITY_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TlsIdentity};
+use crate::api::{
+    DEFAULT_INSTALL, IDENTITY_LABEL, INSTALL_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TlsIdentity,
+};
 use crate::pki::Authority;
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -54,6 +57,15 @@ pub struct Config {
     pub concurrency: u16,
     /// Watch only this namespace (`None`: all namespaces).
     pub watch_namespace: Option<String>,
+    /// This install's name: the identities it serves (label `tlsid.dev/install`, absent meaning
+    /// `tlsid`), its Lease, its cluster-scoped objects.
+    pub install: String,
+    /// Stand for election (`false`: this process always writes; for a single replica only).
+    pub leader_election: bool,
+    pub lease: leader::LeaseTiming,
+    /// The issuance budget: certificates per second, and burst.
+    pub issuance_rate: f64,
+    pub issuance_burst: u32,
 }
 
 /// Shared state, built once in `run`.
@@ -66,6 +78,9 @@ pub struct Context {
     pub ready: AtomicBool,
     /// Consecutive errors per object (those that cannot be recorded in its status), for backoff.
     failures: Mutex<HashMap<String, i32>>,
+    pub leadership: leader::Leadership,
+    /// The install's issuance budget (used by the leader).
+    budget: Mutex<crate::plan::budget::Budget>,
 }
 
 impl Context {
@@ -74,14 +89,45 @@ impl Context {
             controller: "tlsid".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let leadership = leader::Leadership::new(
+            leader::holder_identity(),
+            config.leader_election,
+            config.lease,
+        );
+        let budget = crate::plan::budget::Budget::new(config.issuance_rate, config.issuance_burst);
+        let metrics = Metrics::default();
+        metrics.ca_secret_valid.set(1);
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             config,
-            metrics: Metrics::default(),
+            metrics,
             ca: RwLock::new(None),
             ready: AtomicBool::new(false),
             failures: Mutex::default(),
+            leadership,
+            budget: Mutex::new(budget),
+        }
+    }
+
+    /// Whether `key` may issue now under the install's budget.
+    fn admit_issuance(&self, key: &str) -> crate::plan::budget::Admit {
+        let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        let before = budget.waiting();
+        let admit = budget.admit(key, jiff::Timestamp::now().as_millisecond());
+        if budget.waiting() > before {
+            self.metrics.budget_waits.inc();
+        }
+        self.metrics.budget_waiting.set(budget.waiting() as i64);
+        admit
+    }
+
+    /// `key` no longer waits to issue: give its reserved slot back, if it has one.
+    fn cancel_issuance(&self, key: &str) {
+        let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        if budget.waiting() > 0 {
+            budget.cancel(key);
+            self.metrics.budget_waiting.set(budget.waiting() as i64);
         }
     }
 
@@ -113,6 +159,7 @@ impl Context {
             action: "Reconcile".into(),
             secondary: None,
         };
+        self.metrics.wrote("event");
         if let Err(e) = self.recorder.publish(&event, reference).await {
             warn!(error = %e, "could not publish event");
         }
@@ -172,13 +219,24 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     let managed =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
 
-    let (ca_changed_tx, ca_changed_rx) = futures::channel::mpsc::channel::<()>(1);
-    let ca_task = tokio::spawn(ca::watch(ctx.clone(), ca_changed_tx));
+    // Every identity is reconciled again when the CA changes and when this replica becomes the
+    // leader (a standby reconciles nothing; the new leader picks everything up from its cache).
+    let (reconcile_all_tx, reconcile_all_rx) = futures::channel::mpsc::channel::<()>(1);
+    let ca_task = tokio::spawn(ca::watch(ctx.clone(), reconcile_all_tx.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let leader_task = tokio::spawn(leader::run(ctx.clone(), reconcile_all_tx, stop_rx));
 
     let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
     let store = writer.as_reader();
     let (sweep_ctx, sweep_store) = (ctx.clone(), store.clone());
-    let stream = watcher(identities, watcher::Config::default())
+    // The default install watches every identity and leaves those that name another install
+    // alone; any other install watches only the identities that name it.
+    let served = if ctx.config.install == DEFAULT_INSTALL {
+        watcher::Config::default()
+    } else {
+        watcher::Config::default().labels(&format!("{INSTALL_LABEL}={}", ctx.config.install))
+    };
+    let stream = watcher(identities, served)
         .default_backoff()
         .reflect(writer)
         .inspect(move |event| match event {
@@ -224,7 +282,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         .with_config(
             kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
         )
-        .reconcile_all_on(ca_changed_rx)
+        .reconcile_all_on(reconcile_all_rx)
         .shutdown_on_signal();
     let ready_ctx = ctx.clone();
     tokio::spawn(async move {
@@ -257,6 +315,9 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         })
         .await;
     ca_task.abort();
+    // Hand the Lease over (released, not left to expire) so a standby takes over at once.
+    let _ = stop_tx.send(true);
+    let _ = leader_task.await;
     info!("controller stopped");
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! again. Every rule that decides a condition, a reason, an Event or a requeue lives here, and is
 //! table-tested in `tests.rs` without an apiserver.
 
+pub mod budget;
 pub mod status;
 
 #[cfg(test)]
@@ -14,7 +15,8 @@ mod tests;
 
 use crate::{
     api::{
-        FIELD_MANAGER, Pkcs12ProfileName, RENEW_ANNOTATION, TlsIdentity, TlsIdentityStatus,
+        FIELD_MANAGER, Pkcs12ProfileName, RENEW_ANNOTATION, SERIAL_ANNOTATION, TlsIdentity,
+        TlsIdentityStatus,
         conditions::{DEMO, ISSUING, READY, Reason},
     },
     pki::{
@@ -182,7 +184,22 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
                 renew_at,
             };
         }
-        Err(reason) => reason,
+        Err(reason) => {
+            // A Secret we wrote moments ago that the (cached) status does not describe yet: the
+            // status is on its way. Deciding again from the stale status would issue a second
+            // time for the same trigger (a renewal request seen as still unhandled).
+            let serial = obs
+                .own_secret()
+                .and_then(|s| s.metadata.annotations.as_ref()?.get(SERIAL_ANNOTATION));
+            if serial.is_some_and(|s| old.serial_number.as_deref() != Some(s.as_str()))
+                && obs
+                    .own_secret()
+                    .is_some_and(|s| written_by_us_within(s, obs.now, STALE_STATUS_GRACE))
+            {
+                return Decision::AwaitFreshStatus;
+            }
+            reason
+        }
     };
     // Back off after failures, measured from the recorded failure so that restarts do not reset
     // it. A spec changed since the failure (the user's fix) is tried at once.

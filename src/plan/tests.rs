@@ -211,6 +211,37 @@ fn our_own_secret_write_seen_before_our_status_write_waits_for_the_status() {
     assert!(later.plan.secret.is_none(), "not re-issued");
 }
 
+#[test]
+fn a_renewal_request_seen_again_before_our_status_write_is_not_issued_twice() {
+    // Issued, then a renewal requested: the first reconcile renews and writes the Secret; the
+    // Secret's watch event arrives while the cached identity still says the request is unhandled.
+    let id = identity(serde_json::json!({}));
+    let first = run(&id, None, t0());
+    let (mut id, secret) = after(&id, None, &first);
+    id.metadata.annotations = Some([(RENEW_ANNOTATION.to_string(), "now".to_string())].into());
+    let renewed = run(&id, secret.as_ref(), t0() + secs(60));
+    assert!(matches!(
+        renewed.decision,
+        Decision::Issue {
+            reason: ReissueReason::ManualRequest(_),
+            ..
+        }
+    ));
+    let mut written = renewed.plan.secret.clone().unwrap();
+    written.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+        manager: Some(FIELD_MANAGER.into()),
+        time: Some(Time(t0() + secs(60))),
+        ..Default::default()
+    }]);
+    let stale = run(&id, Some(&written), t0() + secs(61));
+    assert_eq!(
+        stale.decision,
+        Decision::AwaitFreshStatus,
+        "not a second issuance"
+    );
+    assert!(stale.plan.secret.is_none() && stale.plan.status.is_none());
+}
+
 // === renewal ===
 
 #[test]

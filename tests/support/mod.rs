@@ -128,6 +128,19 @@ pub struct Controller {
 
 impl Controller {
     pub async fn start(cluster: &Cluster, ns: &str) -> Self {
+        Self::start_with(cluster, ns, &["--watch-namespace", ns, "--namespace", ns]).await
+    }
+
+    /// A controller with these arguments (after `controller --listen ...`), logging to
+    /// `target/test-logs/<log>.log`; returns once it is ready (caches synced, CA loaded).
+    pub async fn start_with(cluster: &Cluster, log: &str, args: &[&str]) -> Self {
+        let c = Self::spawn(cluster, log, args);
+        c.wait_ready().await;
+        c
+    }
+
+    /// Start without waiting for readiness.
+    pub fn spawn(cluster: &Cluster, log: &str, args: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -135,24 +148,37 @@ impl Controller {
             .port();
         let logs = repo().join("target/test-logs");
         std::fs::create_dir_all(&logs).unwrap();
-        let log = logs.join(format!("{ns}.log"));
+        let log = logs.join(format!("{log}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tlsid"))
-            .args(["controller", "--watch-namespace", ns, "--namespace", ns])
+            .arg("controller")
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("RUST_LOG", "info,tlsid=debug")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
             .expect("start controller");
-        let c = Self { child, port, log };
-        c.wait_ready().await;
-        c
+        Self { child, port, log }
+    }
+
+    /// Wait until this replica is (`true`) or is not (`false`) the confirmed leader.
+    pub async fn wait_leader(&self, leading: bool) {
+        let want = if leading { 1.0 } else { 0.0 };
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while self.metric("tlsid_leader ").await != want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "tlsid_leader never became {want}; see {}",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn wait_ready(&self) {
@@ -216,9 +242,35 @@ impl Controller {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Stop as the kubelet does: SIGTERM (the controller drains and releases its Lease), then
+    /// SIGKILL if it has not exited within 10 s.
     pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGKILL: no draining, no Lease release.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
