@@ -16,6 +16,17 @@ TLSID_NODE_COMPONENTS=(kube-controller-manager kube-scheduler kubelet kube-proxy
 TLSID_ALL_COMPONENTS=("${TLSID_CONTROL_PLANE_COMPONENTS[@]}" "${TLSID_NODE_COMPONENTS[@]}")
 TLSID_TOOLS=(kubernetes etcd helm coredns)
 
+# tlsid_profile NAME: export TLSID_CLUSTER_DIR, TLSID_APISERVER_PORT and TLSID_ETCD_PORT for a
+# control-plane profile of hack/profiles.tsv (the one table of state dirs and ports).
+tlsid_profile() {
+  local line
+  line="$(awk -F'\t' -v p="$1" '$1 == p { print $2, $3, $4 }' "${TLSID_HACK_DIR}/profiles.tsv")"
+  [[ -n ${line} ]] || { echo "unknown control-plane profile: $1 (see hack/profiles.tsv)" >&2; return 1; }
+  read -r TLSID_APISERVER_PORT TLSID_ETCD_PORT TLSID_CLUSTER_DIR <<<"${line}"
+  TLSID_CLUSTER_DIR="${TLSID_CACHE}/${TLSID_CLUSTER_DIR}"
+  export TLSID_CLUSTER_DIR TLSID_APISERVER_PORT TLSID_ETCD_PORT
+}
+
 tlsid_log() { printf '%s: %s\n' "$(basename "$0")" "$*"; }
 tlsid_die() { printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
 

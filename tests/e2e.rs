@@ -129,7 +129,7 @@ async fn mtls_demo_on_a_real_node() {
     let before = Window::scrape(&e2e, &server, &client).await;
     let killed = e2e.kill_leader().await;
     step(&format!(
-        "leader pod {killed} killed (grace period 0); the standby takes over the rotation"
+        "leader pod {killed} deleted (grace period 0) before the rotation; the standby does it"
     ));
     let requested = jiff::Timestamp::now();
     let requested_at = Instant::now();

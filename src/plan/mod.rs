@@ -167,7 +167,7 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
             .as_ref()
             .and_then(|a| a.get(RENEW_ANNOTATION))
             .map(String::as_str),
-        renew_handled: old.last_renew_request.as_deref(),
+        renew_handled: handled_request(obs, &old),
     };
     let reason = match pki::should_reissue(&input) {
         Ok((info, renew_at)) => {
@@ -273,6 +273,27 @@ fn bounded_secret_data(secret: &Secret) -> pki::SecretData<'_> {
     data
 }
 
+/// The renewal request already answered: the status's record, or the Secret's when the Secret
+/// answers the request now pending (a status write lost after the Secret write).
+fn handled_request<'a>(obs: &'a Observed<'_>, old: &'a TlsIdentityStatus) -> Option<&'a str> {
+    let pending = obs
+        .identity
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RENEW_ANNOTATION));
+    let answered = obs.own_secret().and_then(|s| {
+        s.metadata
+            .annotations
+            .as_ref()?
+            .get(RENEW_HANDLED_ANNOTATION)
+    });
+    match (pending, answered) {
+        (Some(p), Some(a)) if p == a => Some(a.as_str()),
+        _ => old.last_renew_request.as_deref(),
+    }
+}
+
 /// Whether tlsid's field manager wrote `secret` less than `within` before `now`.
 fn written_by_us_within(secret: &Secret, now: jiff::Timestamp, within: Duration) -> bool {
     secret.metadata.managed_fields.iter().flatten().any(|m| {
@@ -344,8 +365,23 @@ pub fn kept_content(
     let data = existing.map(resources::secret_data);
     let crt = data.and_then(|d| d.tls_crt).unwrap_or_default().to_vec();
     let key = data.and_then(|d| d.tls_key).unwrap_or_default().to_vec();
-    secret_content(identity, existing, crt, key, ca, password)
+    let (mut content, problem) = secret_content(identity, existing, crt, key, ca, password);
+    if let Some(v) = existing.and_then(|s| {
+        s.metadata
+            .annotations
+            .as_ref()?
+            .get(RENEW_HANDLED_ANNOTATION)
+    }) {
+        content
+            .annotations
+            .insert(RENEW_HANDLED_ANNOTATION.into(), v.clone());
+    }
+    (content, problem)
 }
+
+/// Annotation on a Secret naming the renewal request (`tlsid.dev/renew` value) its certificate
+/// answered. A request is handled if the status or the Secret says so.
+pub const RENEW_HANDLED_ANNOTATION: &str = "tlsid.dev/renew-request";
 
 /// What came of the decision.
 #[derive(Debug)]
@@ -500,8 +536,9 @@ pub fn finish(obs: &Observed<'_>, outcome: Outcome, demo: DemoOutcome) -> Plan {
             }
             if old.serial_number.as_deref() != Some(info.serial_hex.as_str()) {
                 // A certificate tlsid wrote whose status write was lost (a crash between the
-                // two writes): adopt it as the next revision.
+                // two writes): adopt it as the next revision, with the request it answered.
                 st.revision = Some(old.revision.unwrap_or(0) + 1);
+                st.last_renew_request = handled_request(obs, &old).map(str::to_string);
             }
             fill_certificate(&mut st, &info, renew_at, obs.ca);
             // Keep Issued/Renewed as they were: flipping between them would be a write a minute.
@@ -547,6 +584,14 @@ pub fn finish(obs: &Observed<'_>, outcome: Outcome, demo: DemoOutcome) -> Plan {
             content,
             keystore_problem,
         } => {
+            let mut content = content;
+            if let ReissueReason::ManualRequest(v) = &reason {
+                // The Secret says which request it answers: if the status write is lost, the
+                // request is not answered a second time (see `decide`).
+                content
+                    .annotations
+                    .insert(RENEW_HANDLED_ANNOTATION.into(), v.clone());
+            }
             plan.secret = Some(resources::desired_secret(
                 obs.identity,
                 &content,

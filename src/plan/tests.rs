@@ -240,6 +240,29 @@ fn a_renewal_request_seen_again_before_our_status_write_is_not_issued_twice() {
         "not a second issuance"
     );
     assert!(stale.plan.secret.is_none() && stale.plan.status.is_none());
+
+    // The status write was lost for good (refused, or a crash): after the grace the Secret's
+    // certificate is adopted, and the Secret says it answered the request: no second issuance.
+    let later = run(&id, Some(&written), t0() + secs(600));
+    assert!(
+        matches!(later.decision, Decision::Keep { .. }),
+        "{:?}",
+        later.decision
+    );
+    let st = later.plan.status.as_ref().expect("status catches up");
+    assert_eq!(
+        st.serial_number,
+        renewed.plan.status.as_ref().unwrap().serial_number
+    );
+    assert_eq!(
+        st.last_renew_request.as_deref(),
+        Some("now"),
+        "recorded as handled"
+    );
+    assert!(
+        later.plan.secret.is_none(),
+        "the Secret keeps the request it answered"
+    );
 }
 
 // === renewal ===

@@ -27,8 +27,19 @@ use tokio::sync::OnceCell;
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Cluster {
+    /// Cluster-admin: what the tests themselves use.
     pub kubeconfig: PathBuf,
+    /// What the controllers under test use: a ServiceAccount token bound to the chart's own
+    /// ClusterRole (and its leader-election rules, granted per test namespace), never admin, so
+    /// a missing or excessive permission in the chart shows up here.
+    pub controller_kubeconfig: PathBuf,
 }
+
+/// Namespace and ServiceAccount the controllers under test run as.
+pub const CONTROLLER_SA_NS: &str = "tlsid-tests-system";
+pub const CONTROLLER_SA: &str = "tlsid-controller";
+/// The chart's leader-election Role, as a ClusterRole granted per test namespace.
+const LEADER_ELECTION_ROLE: &str = "tlsid-tests-leader-election";
 
 static CLUSTER: OnceCell<Cluster> = OnceCell::const_new();
 
@@ -44,29 +55,70 @@ pub async fn cluster() -> &'static Cluster {
                 Some(p) => PathBuf::from(p),
                 None => start_cluster(),
             };
-            let cluster = Cluster { kubeconfig };
-            install_crd(&cluster.client().await).await;
+            let mut cluster = Cluster {
+                controller_kubeconfig: kubeconfig.clone(),
+                kubeconfig,
+            };
+            let client = cluster.client().await;
+            install_crd(&client).await;
+            cluster.controller_kubeconfig = controller_identity(&client, &cluster.kubeconfig).await;
             cluster
         })
         .await
 }
 
 fn start_cluster() -> PathBuf {
-    let cache = std::env::var("TLSID_CACHE")
+    start_profile("test")
+}
+
+/// A control-plane profile of `hack/profiles.tsv`: its state dir and ports.
+pub struct Profile {
+    pub dir: PathBuf,
+    pub apiserver_port: u16,
+    pub etcd_port: u16,
+}
+
+pub fn cache_dir() -> PathBuf {
+    std::env::var("TLSID_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/tlsid")
-        });
+        })
+}
+
+pub fn profile(name: &str) -> Profile {
+    let table = read(&repo().join("hack/profiles.tsv"));
+    let cols: Vec<&str> = table
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .find(|c| c.first() == Some(&name))
+        .unwrap_or_else(|| panic!("no profile {name} in hack/profiles.tsv"));
+    Profile {
+        apiserver_port: cols[1].parse().expect("apiserver port"),
+        etcd_port: cols[2].parse().expect("etcd port"),
+        dir: cache_dir().join(cols[3]),
+    }
+}
+
+/// `hack/cluster.sh <args>` for a profile (its state dir and ports); returns stdout.
+pub fn cluster_sh(profile_name: &str, args: &[&str]) -> String {
+    let p = profile(profile_name);
     let out = Command::new(repo().join("hack/cluster.sh"))
-        .arg("up")
-        .env("TLSID_CLUSTER_DIR", cache.join("test-cluster"))
-        .env("TLSID_APISERVER_PORT", "16443")
-        .env("TLSID_ETCD_PORT", "12379")
+        .args(args)
+        .env("TLSID_CLUSTER_DIR", &p.dir)
+        .env("TLSID_APISERVER_PORT", p.apiserver_port.to_string())
+        .env("TLSID_ETCD_PORT", p.etcd_port.to_string())
         .stderr(Stdio::inherit())
         .output()
-        .expect("run hack/cluster.sh up");
-    assert!(out.status.success(), "hack/cluster.sh up failed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+        .expect("run hack/cluster.sh");
+    assert!(out.status.success(), "hack/cluster.sh {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Start (or reuse) the control plane of a profile; returns its kubeconfig.
+pub fn start_profile(name: &str) -> PathBuf {
+    let stdout = cluster_sh(name, &["up"]);
     PathBuf::from(stdout.lines().last().expect("kubeconfig path").trim())
 }
 
@@ -92,6 +144,111 @@ async fn install_crd(client: &Client) {
     .expect("watch CRD");
 }
 
+/// Apply the chart's ClusterRole, ClusterRoleBinding and leader-election rules (from
+/// `deploy/tlsid.yaml`, the chart rendered with its defaults) to a ServiceAccount of our own,
+/// and write a kubeconfig with a token for it.
+async fn controller_identity(client: &Client, admin: &Path) -> PathBuf {
+    use k8s_openapi::api::{
+        authentication::v1::TokenRequest,
+        core::v1::ServiceAccount,
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role},
+    };
+    let apply = PatchParams::apply("tlsid-tests").force();
+    let deploy = read(&repo().join("deploy/tlsid.yaml"));
+    let docs: Vec<serde_json::Value> = deploy
+        .split("\n---")
+        .filter_map(|d| serde_yaml_ng::from_str::<serde_json::Value>(d).ok())
+        .filter(|d| d.is_object())
+        .collect();
+    let of_kind = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("deploy/tlsid.yaml has no {kind}"))
+            .clone()
+    };
+    let cluster_role: ClusterRole = serde_json::from_value(of_kind("ClusterRole")).unwrap();
+    let role: Role = serde_json::from_value(of_kind("Role")).unwrap();
+    let mut binding: ClusterRoleBinding =
+        serde_json::from_value(of_kind("ClusterRoleBinding")).unwrap();
+    for subject in binding.subjects.iter_mut().flatten() {
+        subject.name = CONTROLLER_SA.into();
+        subject.namespace = Some(CONTROLLER_SA_NS.into());
+    }
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": CONTROLLER_SA_NS}}))
+            .unwrap();
+    let _ = Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await;
+    let sa: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": CONTROLLER_SA}})).unwrap();
+    let sas = Api::<ServiceAccount>::namespaced(client.clone(), CONTROLLER_SA_NS);
+    sas.patch(CONTROLLER_SA, &apply, &Patch::Apply(&sa))
+        .await
+        .expect("apply ServiceAccount");
+    Api::<ClusterRole>::all(client.clone())
+        .patch(
+            &cluster_role.name_any(),
+            &apply,
+            &Patch::Apply(&cluster_role),
+        )
+        .await
+        .expect("apply the chart's ClusterRole");
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch(&binding.name_any(), &apply, &Patch::Apply(&binding))
+        .await
+        .expect("apply the chart's ClusterRoleBinding");
+    let leader_rules: ClusterRole = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": LEADER_ELECTION_ROLE},
+        "rules": role.rules,
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(client.clone())
+        .patch(LEADER_ELECTION_ROLE, &apply, &Patch::Apply(&leader_rules))
+        .await
+        .expect("apply the leader-election rules");
+    let request: TokenRequest = serde_json::from_value(
+        serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 86400}}),
+    )
+    .unwrap();
+    let token = sas
+        .create_token_request(CONTROLLER_SA, &PostParams::default(), &request)
+        .await
+        .expect("token for the controller's ServiceAccount")
+        .status
+        .expect("token")
+        .token;
+    // The admin kubeconfig's cluster entry, with the ServiceAccount's token as the user.
+    let mut kc: serde_json::Value =
+        serde_yaml_ng::from_str(&read(admin)).expect("parse the admin kubeconfig");
+    let cluster_name = kc["clusters"][0]["name"].clone();
+    kc["users"] = serde_json::json!([{"name": "tlsid-controller", "user": {"token": token}}]);
+    kc["contexts"] = serde_json::json!([{"name": "tlsid-controller",
+        "context": {"cluster": cluster_name, "user": "tlsid-controller"}}]);
+    kc["current-context"] = "tlsid-controller".into();
+    let path = admin.with_file_name("controller.kubeconfig");
+    std::fs::write(&path, serde_yaml_ng::to_string(&kc).unwrap()).expect("write kubeconfig");
+    path
+}
+
+/// Grant the controllers under test the chart's leader-election rules in `ns` (where their
+/// Lease lives), as the chart's Role does in the release namespace.
+pub async fn grant_leader_election(client: &Client, ns: &str) {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "tlsid-leader-election"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": LEADER_ELECTION_ROLE},
+        "subjects": [{"kind": "ServiceAccount", "name": CONTROLLER_SA, "namespace": CONTROLLER_SA_NS}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("bind the leader-election rules");
+}
+
 impl Cluster {
     pub async fn client(&self) -> Client {
         let kc = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
@@ -115,6 +272,7 @@ pub async fn namespace(client: &Client, test: &str) -> String {
         .create(&PostParams::default(), &ns)
         .await
         .expect("create namespace");
+    grant_leader_election(client, &name).await;
     name
 }
 
@@ -158,7 +316,7 @@ impl Controller {
             .arg("controller")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
-            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("KUBECONFIG", &cluster.controller_kubeconfig)
             .env("RUST_LOG", "info,tlsid=debug")
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -296,23 +454,32 @@ async fn http_get(port: u16, path: &str) -> std::io::Result<String> {
 /// controller. Uses etcd's JSON gateway on the test control plane's loopback port.
 pub async fn etcd_put(key: &str, object: &serde_json::Value) {
     use base64::Engine;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let port: u16 = std::env::var("TLSID_ETCD_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
-        .unwrap_or(12379);
-    let body = serde_json::json!({
-        "key": b64(key.as_bytes()),
-        "value": b64(object.to_string().as_bytes()),
-    })
-    .to_string();
+        .unwrap_or_else(|| profile("test").etcd_port);
+    etcd_post(
+        port,
+        "/v3/kv/put",
+        &serde_json::json!({
+            "key": b64(key.as_bytes()),
+            "value": b64(object.to_string().as_bytes()),
+        }),
+    )
+    .await;
+}
+
+/// POST to etcd's JSON gateway on the loopback `port`; returns the answer's JSON body.
+pub async fn etcd_post(port: u16, path: &str, body: &serde_json::Value) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect to etcd");
     s.write_all(
         format!(
-            "POST /v3/kv/put HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
         .as_bytes(),
@@ -321,7 +488,9 @@ pub async fn etcd_put(key: &str, object: &serde_json::Value) {
     .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "etcd put failed: {out}");
+    assert!(out.starts_with("HTTP/1.1 200"), "etcd {path} failed: {out}");
+    let json = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(json).unwrap_or_default()
 }
 
 /// Like [`wait_identity`], with a longer bound for conditions that follow a slow clock (a CA
