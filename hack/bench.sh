@@ -17,8 +17,8 @@
 #   TLSID_BENCH_CONCURRENCY  controller --concurrency (default: the controller's own, 16)
 #   TLSID_BENCH_TIMEOUT_SECS per-N limit for all Ready (default 600)
 #   TLSID_BENCH_OUT          output dir (default target/bench)
-#   TLSID_BENCH_APISERVER_PORT / TLSID_BENCH_ETCD_PORT (default 19443 / 19379;
-#   etcd also uses +1), TLSID_BENCH_CONTROLLER_PORT (default 19080)
+#   TLSID_BENCH_CONTROLLER_PORT (default 19080); the control plane's state
+#   dir and ports are profile bench of hack/profiles.tsv
 #   TLSID_BENCH_NO_BUILD=1   use the binaries already in target/release
 #   TLSID_CACHE              cache root (default ~/.cache/tlsid); the cluster
 #                            lives in $TLSID_CACHE/bench-cluster
@@ -33,9 +33,7 @@ SIZES="${TLSID_BENCH_SIZES:-100 1000}"
 OUT="$(realpath -m "${TLSID_BENCH_OUT:-target/bench}")"
 CONTROLLER_PORT="${TLSID_BENCH_CONTROLLER_PORT:-19080}"
 CA_NAMESPACE=tlsid-bench-system
-export TLSID_CLUSTER_DIR="${TLSID_CACHE}/bench-cluster"
-export TLSID_APISERVER_PORT="${TLSID_BENCH_APISERVER_PORT:-19443}"
-export TLSID_ETCD_PORT="${TLSID_BENCH_ETCD_PORT:-19379}"
+tlsid_profile bench
 export TLSID_BENCH_OUT="${OUT}"
 
 log() { printf 'bench.sh: %s\n' "$*" >&2; }

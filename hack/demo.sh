@@ -36,9 +36,10 @@ DEMO_NS=tlsid-demo
 TIMEOUT="${TLSID_DEMO_TIMEOUT:-180}"
 FOLLOW="${TLSID_DEMO_FOLLOW:-30}"
 # The demo's own node cluster: apart from `make cluster` (6443) and the tests'.
-DEMO_CLUSTER_DIR="${TLSID_CACHE}/demo-cluster"
-DEMO_APISERVER_PORT=17443
-DEMO_ETCD_PORT=17379
+# (profile demo of hack/profiles.tsv)
+DEMO_CLUSTER_DIR="$(tlsid_profile demo && echo "${TLSID_CLUSTER_DIR}")"
+DEMO_APISERVER_PORT="$(tlsid_profile demo && echo "${TLSID_APISERVER_PORT}")"
+DEMO_ETCD_PORT="$(tlsid_profile demo && echo "${TLSID_ETCD_PORT}")"
 # What `up` used, for `down`: KUBECONFIG=... and OWN_CLUSTER=true|false.
 STATE_FILE="${TLSID_CACHE}/demo.env"
 

@@ -15,7 +15,7 @@
 #   TLSID_E2E_SYNC_FREQUENCY      kubelet syncFrequency (default 10s): bounds how
 #                                 soon a renewed Secret reaches the pods; the
 #                                 test asserts against it
-#   TLSID_E2E_APISERVER_PORT, TLSID_E2E_ETCD_PORT   (default 19443, 19379)
+# State dir and ports: profile e2e of hack/profiles.tsv.
 # Needs root (the node tier does). Only one node cluster runs per machine: if
 # another one (e.g. `make demo`'s) owns it, this fails and says which.
 set -euo pipefail
@@ -28,10 +28,8 @@ RELEASE=tlsid
 SYSTEM_NS=tlsid-system
 DEMO_NS=tlsid-demo
 TIMEOUT=120s
-# Own state dir and ports, whatever the caller (hack/test.sh) exported.
-export TLSID_CLUSTER_DIR="${TLSID_CACHE}/e2e-cluster"
-export TLSID_APISERVER_PORT="${TLSID_E2E_APISERVER_PORT:-19443}"
-export TLSID_ETCD_PORT="${TLSID_E2E_ETCD_PORT:-19379}"
+# Own state dir and ports (hack/profiles.tsv), whatever the caller (hack/test.sh) exported.
+tlsid_profile e2e
 export TLSID_NODE_SYNC_FREQUENCY="${TLSID_E2E_SYNC_FREQUENCY:-10s}"
 unset TLSID_APISERVER_BIND_ADDRESS
 

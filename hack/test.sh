@@ -16,12 +16,13 @@ step "lint"
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 
-# The test control plane has its own state dir and ports, apart from `make cluster`'s.
-export TLSID_CLUSTER_DIR="${TLSID_CACHE}/test-cluster"
-export TLSID_APISERVER_PORT="${TLSID_TEST_APISERVER_PORT:-16443}"
-export TLSID_ETCD_PORT="${TLSID_TEST_ETCD_PORT:-12379}"
+# The test control plane has its own state dir and ports (hack/profiles.tsv).
+tlsid_profile test
+# tests/control_plane.rs starts its own (profile faults) to restart and pause: stop both on exit.
+faults_down() { (tlsid_profile faults && hack/cluster.sh down >/dev/null 2>&1) || true; }
 hack/cluster.sh down >/dev/null 2>&1 || true
-trap 'hack/cluster.sh down >/dev/null 2>&1 || true' EXIT
+faults_down
+trap 'hack/cluster.sh down >/dev/null 2>&1 || true; faults_down' EXIT
 
 step "control plane"
 TLSID_TEST_KUBECONFIG="$(hack/cluster.sh up | tail -n 1)"

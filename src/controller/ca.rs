@@ -136,7 +136,9 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
     }
 
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(api.clone(), config).default_backoff().boxed();
+    let mut events = watcher(api.clone(), config)
+        .backoff(super::WatchBackoff::new())
+        .boxed();
     // Whether the Secret exists, as far as the watch says; during a relist, whether it was listed.
     let mut present = true;
     let mut listed = false;

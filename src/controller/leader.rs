@@ -276,7 +276,7 @@ async fn confirm_from_watch(
     let lead = &ctx.leadership;
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher(api, config)
-        .default_backoff()
+        .backoff(super::WatchBackoff::new())
         .applied_objects()
         .boxed();
     let mut last_renew: Option<i64> = None;

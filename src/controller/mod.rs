@@ -194,6 +194,58 @@ impl Context {
     }
 }
 
+/// Backoff of every watch: exponential from 250 ms to 5 s with jitter, reset by the first event
+/// that arrives. Short enough that the controller is back within seconds of the apiserver (kube's
+/// default grows to 30 s over an outage and resets only after two quiet minutes: a restart of
+/// the apiserver left the controller blind for half a minute), and still no spin while it is
+/// away (a handful of reconnects per watch and minute at most).
+pub struct WatchBackoff {
+    attempt: u32,
+    jitter: u64,
+}
+
+impl WatchBackoff {
+    pub const MIN: Duration = Duration::from_millis(250);
+    pub const MAX: Duration = Duration::from_secs(5);
+
+    pub fn new() -> Self {
+        Self {
+            attempt: 0,
+            jitter: u64::from(std::process::id()),
+        }
+    }
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let base = Self::MIN
+            .saturating_mul(1 << self.attempt.min(8))
+            .min(Self::MAX);
+        self.attempt = self.attempt.saturating_add(1);
+        // Up to a fifth less, varying per attempt and process, so watches do not reconnect in step.
+        self.jitter = self
+            .jitter
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let cut = (self.jitter >> 33) % (base.as_millis() as u64 / 5 + 1);
+        Some(base - Duration::from_millis(cut))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
 /// Run the controller until SIGTERM/SIGINT.
 pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     let client = ctx.client.clone();
@@ -205,14 +257,14 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         Some(ns) => (
             Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar),
             Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), ns),
-            Api::<Deployment>::namespaced(client.clone(), ns),
-            Api::<Service>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Deployment>>::namespaced(client.clone(), ns),
+            Api::<PartialObjectMeta<Service>>::namespaced(client.clone(), ns),
         ),
         None => (
             Api::<DynamicObject>::all_with(client.clone(), &ar),
             Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
+            Api::<PartialObjectMeta<Deployment>>::all(client.clone()),
+            Api::<PartialObjectMeta<Service>>::all(client.clone()),
         ),
     };
     // Only objects we manage: never every Secret in the cluster.
@@ -237,7 +289,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         watcher::Config::default().labels(&format!("{INSTALL_LABEL}={}", ctx.config.install))
     };
     let stream = watcher(identities, served)
-        .default_backoff()
+        .backoff(WatchBackoff::new())
         .reflect(writer)
         .inspect(move |event| match event {
             // Per-identity metric series go with the identity; a relist also sweeps away the
@@ -265,7 +317,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         // its data. A Secret maps to the identity its label names.
         .watches_stream_with(
             watcher(secrets, managed.clone())
-                .default_backoff()
+                .backoff(WatchBackoff::new())
                 .touched_objects(),
             move |s: PartialObjectMeta<Secret>| {
                 let name = s.labels().get(IDENTITY_LABEL).cloned();
@@ -277,11 +329,24 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
             },
             (),
         )
-        .owns_with(deployments, (), managed.clone())
-        .owns_with(services, (), managed)
+        .owns_stream(
+            watcher(deployments, managed.clone())
+                .backoff(WatchBackoff::new())
+                .touched_objects(),
+        )
+        .owns_stream(
+            watcher(services, managed)
+                .backoff(WatchBackoff::new())
+                .touched_objects(),
+        )
         .with_config(
             kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
         )
+        // The controller pauses every trigger (identities included) after an error from any
+        // one of them; kube's default pause grows to 30 s+ over an apiserver outage and resets
+        // only after two quiet minutes: after a restart nothing was reconciled for a minute.
+        // Each watch already backs off on its own; this pause stays short.
+        .trigger_backoff(WatchBackoff::new())
         .reconcile_all_on(reconcile_all_rx)
         .shutdown_on_signal();
     let ready_ctx = ctx.clone();
@@ -342,4 +407,30 @@ fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Acti
         "reconcile failed"
     );
     Action::requeue(wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::utils::Backoff;
+
+    #[test]
+    fn watch_backoff_grows_to_five_seconds_and_resets() {
+        let mut b = WatchBackoff::new();
+        let first: Vec<Duration> = b.by_ref().take(12).collect();
+        assert!(first[0] <= WatchBackoff::MIN && first[0] >= WatchBackoff::MIN * 4 / 5);
+        assert!(first.iter().all(|d| *d <= WatchBackoff::MAX));
+        assert!(first[11] >= WatchBackoff::MAX * 4 / 5, "{first:?}");
+        // Over a minute-long outage a watch reconnects at most ~20 times.
+        let mut b2 = WatchBackoff::new();
+        let mut spent = Duration::ZERO;
+        let mut tries = 0;
+        while spent < Duration::from_secs(60) {
+            spent += b2.next().unwrap();
+            tries += 1;
+        }
+        assert!(tries <= 20, "{tries} reconnects in a minute");
+        b.reset();
+        assert!(b.next().unwrap() <= WatchBackoff::MIN);
+    }
 }

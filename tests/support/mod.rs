@@ -55,16 +55,22 @@ pub async fn cluster() -> &'static Cluster {
                 Some(p) => PathBuf::from(p),
                 None => start_cluster(),
             };
-            let mut cluster = Cluster {
-                controller_kubeconfig: kubeconfig.clone(),
-                kubeconfig,
-            };
-            let client = cluster.client().await;
-            install_crd(&client).await;
-            cluster.controller_kubeconfig = controller_identity(&client, &cluster.kubeconfig).await;
-            cluster
+            prepare(kubeconfig).await
         })
         .await
+}
+
+/// A control plane made ready for tests: the CRD from `crds/` installed and established, and the
+/// controllers' least-privilege identity.
+pub async fn prepare(kubeconfig: PathBuf) -> Cluster {
+    let mut cluster = Cluster {
+        controller_kubeconfig: kubeconfig.clone(),
+        kubeconfig,
+    };
+    let client = cluster.client().await;
+    install_crd(&client).await;
+    cluster.controller_kubeconfig = controller_identity(&client, &cluster.kubeconfig).await;
+    cluster
 }
 
 fn start_cluster() -> PathBuf {
@@ -317,7 +323,11 @@ impl Controller {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
             .env("KUBECONFIG", &cluster.controller_kubeconfig)
-            .env("RUST_LOG", "info,tlsid=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("TLSID_TEST_CONTROLLER_LOG")
+                    .unwrap_or_else(|_| "info,tlsid=debug".into()),
+            )
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()
@@ -393,6 +403,19 @@ impl Controller {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .expect("VmRSS")
+    }
+
+    /// CPU time the controller process has used (user + system), from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("controller process stat");
+        // Fields after the command name (which may hold spaces) start at field 3.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        // USER_HZ is 100 on Linux.
+        Duration::from_millis(ticks * 10)
     }
 
     /// Whether the controller process is still running (it did not crash).
