@@ -32,6 +32,9 @@
 #   TLSID_APISERVER_EXTRA_SANS   comma-separated extra IPs/DNS names for the
 #                                serving certificate
 #   TLSID_ETCD_PORT              etcd client port (default 2379; peer = +1)
+#   TLSID_APISERVER_APF          true: API Priority and Fairness on (default off),
+#                                with TLSID_APISERVER_MAX_INFLIGHT (400) and
+#                                TLSID_APISERVER_MAX_MUTATING_INFLIGHT (200)
 #   TLSID_SERVICE_CIDR           (default 10.0.0.0/24)
 #   TLSID_START_TIMEOUT          seconds to wait for readiness (default 180)
 # Node tier only (up --node):
@@ -325,7 +328,18 @@ start_kube-apiserver() {
       --kubelet-preferred-address-types=InternalIP,Hostname
     )
   fi
-  # Priority and fairness off: less CPU on 2 cores, no throttling in tests.
+  # Priority and fairness off by default: less CPU on 2 cores, no throttling in tests.
+  # TLSID_APISERVER_APF=true turns it on (tests/control_plane.rs: 429s for real), with the
+  # server's concurrency limits from TLSID_APISERVER_MAX_INFLIGHT / _MAX_MUTATING_INFLIGHT.
+  if [[ ${TLSID_APISERVER_APF:-false} == true ]]; then
+    extra+=(
+      --enable-priority-and-fairness=true
+      --max-requests-inflight="${TLSID_APISERVER_MAX_INFLIGHT:-400}"
+      --max-mutating-requests-inflight="${TLSID_APISERVER_MAX_MUTATING_INFLIGHT:-200}"
+    )
+  else
+    extra+=(--enable-priority-and-fairness=false)
+  fi
   spawn kube-apiserver \
     --etcd-servers="http://127.0.0.1:${ETCD_PORT}" \
     --bind-address="${APISERVER_BIND}" \
@@ -341,7 +355,6 @@ start_kube-apiserver() {
     --service-cluster-ip-range="${SERVICE_CIDR}" \
     --authorization-mode=Node,RBAC \
     --allow-privileged=true \
-    --enable-priority-and-fairness=false \
     --profiling=false \
     --v=1 \
     "${extra[@]}"

@@ -42,6 +42,14 @@ impl Error {
             Error::Task { .. } => "Task",
         }
     }
+
+    /// Whether the apiserver answered 429 (see [`is_throttled`]).
+    pub fn throttled(&self) -> bool {
+        match self {
+            Error::Read { source, .. } | Error::StatusWrite { source, .. } => is_throttled(source),
+            _ => false,
+        }
+    }
 }
 
 /// Whether an apiserver answer will stay the same if asked again soon: the request itself is
@@ -53,6 +61,23 @@ pub fn is_persistent(err: &kube::Error) -> bool {
     }
 }
 
+/// Whether the apiserver asked us to slow down (429 from API Priority and Fairness or a rate
+/// limit): not a failure of the object. Retried after a short pause, never recorded as a failed
+/// attempt, so throttling slows the controller down instead of backing objects off for minutes.
+pub fn is_throttled(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == 429)
+}
+
+/// How long to pause after a 429: the apiserver's Retry-After is not passed through by the
+/// client, so 1-2 s (APF's own suggestion is 1 s), spread per object so retries do not arrive
+/// in step.
+pub fn throttle_pause(seed: &str) -> std::time::Duration {
+    let spread = seed
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    std::time::Duration::from_millis(1000 + spread % 1000)
+}
+
 /// The apiserver's own words for a failed request, for a condition message.
 pub fn api_message(err: &kube::Error) -> String {
     match err {
@@ -61,5 +86,28 @@ pub fn api_message(err: &kube::Error) -> String {
             s.code, s.reason, s.message
         ),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("x", "TooManyRequests")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn throttling_is_neither_persistent_nor_a_failure() {
+        assert!(is_throttled(&api(429)));
+        assert!(!is_persistent(&api(429)));
+        assert!(!is_throttled(&api(422)));
+        let p = throttle_pause("ns/a");
+        assert!(p >= std::time::Duration::from_secs(1) && p < std::time::Duration::from_secs(2));
+        assert_ne!(throttle_pause("ns/a"), throttle_pause("ns/b"));
     }
 }

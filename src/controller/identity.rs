@@ -6,7 +6,7 @@ use super::{
     Context,
     apply::{self, Written},
     demo,
-    error::{Error, api_message, is_persistent},
+    error::{Error, api_message, is_persistent, is_throttled, throttle_pause},
     metrics,
 };
 use crate::plan::budget::Admit;
@@ -215,6 +215,12 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
         let existing = obs.secret.filter(|s| resources::belongs_to(s, identity));
         match apply::secret(ctx, identity, desired, existing).await {
             Written::Ok => {}
+            Written::Failed(e) if is_throttled(&e) => {
+                // Asked to slow down: nothing failed. Try again shortly; the status says nothing.
+                ctx.count_error("Throttled");
+                debug!("Secret write throttled (429); retrying shortly");
+                return Ok(Action::requeue(throttle_pause(&key)));
+            }
             Written::Failed(e) => {
                 ctx.count_error(if is_persistent(&e) {
                     Reason::SecretRejected.as_str()

@@ -390,6 +390,16 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
 /// Errors that the object's status could not carry: back off per object, with jitter, up to the
 /// cap. Logged with their cause chain once.
 fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Action {
+    if err.throttled() {
+        // 429: the apiserver asks us to slow down; not a failure of the object.
+        ctx.count_error("Throttled");
+        debug!(
+            namespace = obj.namespace().unwrap_or_default(),
+            name = obj.name_any(),
+            "throttled by the apiserver (429); retrying shortly"
+        );
+        return Action::requeue(error::throttle_pause(&Context::failure_key(&obj)));
+    }
     ctx.count_error(err.category());
     let attempts = ctx.note_failure(&obj);
     let wait = crate::plan::status::failure_backoff(attempts, &obj.uid().unwrap_or_default());

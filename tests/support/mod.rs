@@ -109,9 +109,15 @@ pub fn profile(name: &str) -> Profile {
 
 /// `hack/cluster.sh <args>` for a profile (its state dir and ports); returns stdout.
 pub fn cluster_sh(profile_name: &str, args: &[&str]) -> String {
+    cluster_sh_env(profile_name, args, &[])
+}
+
+/// The same, with extra environment (e.g. `TLSID_APISERVER_APF`).
+pub fn cluster_sh_env(profile_name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let p = profile(profile_name);
     let out = Command::new(repo().join("hack/cluster.sh"))
         .args(args)
+        .envs(env.iter().copied())
         .env("TLSID_CLUSTER_DIR", &p.dir)
         .env("TLSID_APISERVER_PORT", p.apiserver_port.to_string())
         .env("TLSID_ETCD_PORT", p.etcd_port.to_string())
@@ -155,7 +161,6 @@ async fn install_crd(client: &Client) {
 /// and write a kubeconfig with a token for it.
 async fn controller_identity(client: &Client, admin: &Path) -> PathBuf {
     use k8s_openapi::api::{
-        authentication::v1::TokenRequest,
         core::v1::ServiceAccount,
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role},
     };
@@ -215,14 +220,26 @@ async fn controller_identity(client: &Client, admin: &Path) -> PathBuf {
         .patch(LEADER_ELECTION_ROLE, &apply, &Patch::Apply(&leader_rules))
         .await
         .expect("apply the leader-election rules");
+    token_kubeconfig(client, admin, CONTROLLER_SA_NS, CONTROLLER_SA, "controller").await
+}
+
+/// A kubeconfig for ServiceAccount `ns/name` (a fresh token), next to the admin kubeconfig.
+async fn token_kubeconfig(
+    client: &Client,
+    admin: &Path,
+    ns: &str,
+    name: &str,
+    file: &str,
+) -> PathBuf {
+    use k8s_openapi::api::{authentication::v1::TokenRequest, core::v1::ServiceAccount};
     let request: TokenRequest = serde_json::from_value(
         serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 86400}}),
     )
     .unwrap();
-    let token = sas
-        .create_token_request(CONTROLLER_SA, &PostParams::default(), &request)
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(name, &PostParams::default(), &request)
         .await
-        .expect("token for the controller's ServiceAccount")
+        .expect("token for a ServiceAccount")
         .status
         .expect("token")
         .token;
@@ -230,13 +247,50 @@ async fn controller_identity(client: &Client, admin: &Path) -> PathBuf {
     let mut kc: serde_json::Value =
         serde_yaml_ng::from_str(&read(admin)).expect("parse the admin kubeconfig");
     let cluster_name = kc["clusters"][0]["name"].clone();
-    kc["users"] = serde_json::json!([{"name": "tlsid-controller", "user": {"token": token}}]);
-    kc["contexts"] = serde_json::json!([{"name": "tlsid-controller",
-        "context": {"cluster": cluster_name, "user": "tlsid-controller"}}]);
-    kc["current-context"] = "tlsid-controller".into();
-    let path = admin.with_file_name("controller.kubeconfig");
+    kc["users"] = serde_json::json!([{"name": name, "user": {"token": token}}]);
+    kc["contexts"] = serde_json::json!([{"name": name,
+        "context": {"cluster": cluster_name, "user": name}}]);
+    kc["current-context"] = name.into();
+    let path = admin.with_file_name(format!("{file}.kubeconfig"));
     std::fs::write(&path, serde_yaml_ng::to_string(&kc).unwrap()).expect("write kubeconfig");
     path
+}
+
+/// A ServiceAccount `ns/name` bound to ClusterRole `role` in `ns`; returns a kubeconfig for it.
+pub async fn service_account_kubeconfig(
+    client: &Client,
+    admin: &Path,
+    ns: &str,
+    name: &str,
+    role: &str,
+) -> PathBuf {
+    use k8s_openapi::api::{core::v1::ServiceAccount, rbac::v1::RoleBinding};
+    let sa: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("create ServiceAccount");
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("bind the ServiceAccount");
+    token_kubeconfig(client, admin, ns, name, &format!("{ns}-{name}")).await
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_for(path: &Path) -> Client {
+    let kc = Kubeconfig::read_from(path).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    Client::try_from(config).expect("client")
 }
 
 /// Grant the controllers under test the chart's leader-election rules in `ns` (where their
