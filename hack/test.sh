@@ -30,7 +30,13 @@ export TLSID_TEST_KUBECONFIG
 
 step "unit and integration tests"
 # Builds every target too, the tlsid binary included (the e2e image is made from it).
+rm -f target/faults.md
 cargo test --locked --all-targets
+
+step "faults injected (tests/ha.rs, tests/faults.rs, tests/control_plane.rs)"
+[[ -s target/faults.md ]] || tlsid_die "target/faults.md was not written: did the fault suites run?"
+printf '| fault | outcome |\n|---|---|\n'
+sort target/faults.md
 
 step "interop matrix"
 # tests/interop (run above) issued identities with the real controller and ran rustls, Go, Python,

@@ -30,7 +30,7 @@ const N: usize = 10;
 const RECOVERY: Duration = Duration::from_secs(60);
 
 fn row(fault: &str, outcome: &str) {
-    println!("FAULT | {fault} | {outcome}");
+    fault_row(fault, outcome);
 }
 
 fn pid_of(component: &str) -> u32 {

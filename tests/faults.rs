@@ -17,7 +17,7 @@ use support::*;
 use tlsid::api::TlsIdentity;
 
 fn row(fault: &str, outcome: &str) {
-    println!("FAULT | {fault} | {outcome}");
+    fault_row(fault, outcome);
 }
 
 fn revision(o: Option<&TlsIdentity>) -> i64 {
@@ -105,6 +105,7 @@ async fn an_unusable_ca_secret_keeps_the_last_good_ca_signing() {
     let client = env.ids.clone().into_client();
     let first = create(&env, &identity("a", json!({"dnsNames": ["a.ns.svc"]}))).await;
     env.controller.wait_leader(true).await;
+    let original = env.secrets.get("tlsid-ca").await.unwrap();
     env.secrets
         .patch(
             "tlsid-ca",
@@ -115,14 +116,34 @@ async fn an_unusable_ca_secret_keeps_the_last_good_ca_signing() {
         .unwrap();
     assert_eq!(wait_events(&client, &env.ns, "CaSecretInvalid", 1).await, 1);
     assert_eq!(env.controller.metric("tlsid_ca_secret_valid").await, 0.0);
+    let flagged = wait_identity(&env.ids, "a", "CaSecretValid=False", |o| {
+        condition(o, "CaSecretValid").is_some_and(|(s, r)| s == "False" && r == "CaSecretInvalid")
+    })
+    .await;
+    assert!(ready(Some(&flagged)), "still served");
     // A new identity is still signed, by the last good CA.
     let second = create(&env, &identity("b", json!({"dnsNames": ["b.ns.svc"]}))).await;
     assert_eq!(fingerprint(Some(&second)), fingerprint(Some(&first)));
     assert_eq!(revision(env.ids.get("a").await.ok().as_ref()), 1);
+    // Fixed (the original CA put back): the condition goes, nothing is re-issued.
+    env.secrets
+        .patch(
+            "tlsid-ca",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"tls.key": b64(data(&original, "tls.key"))}})),
+        )
+        .await
+        .unwrap();
+    wait_identity(&env.ids, "a", "CaSecretValid gone", |o| {
+        ready(o) && condition(o, "CaSecretValid").is_none()
+    })
+    .await;
+    assert_eq!(env.controller.metric("tlsid_ca_secret_valid").await, 1.0);
+    assert_eq!(revision(env.ids.get("a").await.ok().as_ref()), 1);
     assert!(env.controller.alive());
     row(
         "CA Secret made unusable",
-        "last good CA keeps signing; 1 Warning; tlsid_ca_secret_valid 0; nothing re-issued",
+        "last good CA keeps signing; 1 Warning; CaSecretValid=False on identities; tlsid_ca_secret_valid 0; nothing re-issued",
     );
 }
 
@@ -390,4 +411,9 @@ async fn killed_mid_issuance_again_and_again_converges_without_extra_issuance() 
             "converged; 1 CA Secret; highest revision {max} ≤ triggers {triggers} + kills {kills}"
         ),
     );
+}
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
 }

@@ -100,9 +100,12 @@ async fn one_writer_a_killed_leader_is_replaced_and_each_identity_is_issued_once
     let took = renew_all(&ids, "leader-killed", 2).await;
     b.wait_leader(true).await;
     let first_issue = took; // every identity renewed by then; the first one earlier
-    println!(
-        "HA figures: leader SIGKILLed → all {N} due identities issued by the standby in {:.1} s (aim ≤ 15 s)",
-        first_issue.as_secs_f64()
+    fault_row(
+        "leader SIGKILLed while identities are due (2 replicas)",
+        &format!(
+            "all {N} due identities issued by the standby {:.1} s after the kill (aim ≤ 15 s), each exactly once; 0 errors",
+            first_issue.as_secs_f64()
+        ),
     );
     assert!(
         killed.elapsed() < Duration::from_secs(30),
@@ -129,9 +132,12 @@ async fn one_writer_a_killed_leader_is_replaced_and_each_identity_is_issued_once
     b.terminate();
     c.wait_leader(true).await;
     let handover = stopped.elapsed();
-    println!(
-        "HA figures: leader SIGTERMed → standby leads after {:.1} s (Lease released; expiry would take 10 s)",
-        handover.as_secs_f64()
+    fault_row(
+        "leader SIGTERMed (rolling update, drain)",
+        &format!(
+            "Lease released; the standby leads after {:.1} s (expiry would take 10 s); nothing re-issued",
+            handover.as_secs_f64()
+        ),
     );
     assert!(
         handover < Duration::from_secs(8),
@@ -302,7 +308,10 @@ async fn an_idle_install_writes_only_lease_renewals() {
     for i in 0..3 {
         ids.create(
             &PostParams::default(),
-            &identity(&format!("idle{i}"), json!({"dnsNames": [format!("idle{i}.{ns}.svc")]})),
+            &identity(
+                &format!("idle{i}"),
+                json!({"dnsNames": [format!("idle{i}.{ns}.svc")]}),
+            ),
         )
         .await
         .unwrap();
@@ -315,7 +324,10 @@ async fn an_idle_install_writes_only_lease_renewals() {
     async fn renewals_reach(c: &Controller, n: f64) {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         while c.metric("tlsid_lease_renewals_total").await < n {
-            assert!(tokio::time::Instant::now() < deadline, "the Lease is not renewed");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the Lease is not renewed"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -345,8 +357,11 @@ async fn an_idle_install_writes_only_lease_renewals() {
         .map(|o| o.resource_version().unwrap_or_default())
         .collect();
     assert_eq!(after, versions);
-    println!(
-        "HA figures: idle install: {} Lease renewals, 0 other writes",
-        c.metric("tlsid_lease_renewals_total").await - start
+    fault_row(
+        "no fault: an idle install",
+        &format!(
+            "{} Lease renewals, 0 writes to identities, Secrets, Events or workloads",
+            c.metric("tlsid_lease_renewals_total").await - start
+        ),
     );
 }

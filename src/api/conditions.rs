@@ -8,6 +8,9 @@ pub const READY: &str = "Ready";
 pub const ISSUING: &str = "Issuing";
 /// The demo workload of `spec.demo` is applied (or why it is not).
 pub const DEMO: &str = "Demo";
+/// Present (False) only while the CA Secret holds nothing usable and the last good CA signs in
+/// its place: the identity is served, but someone broke the CA Secret.
+pub const CA_SECRET: &str = "CaSecretValid";
 
 /// Every reason a condition or an Event of tlsid can carry, besides the re-issue reasons of
 /// [`crate::pki::ReissueReason::reason`] (which the `Issuing` condition shows while issuing).
@@ -42,6 +45,9 @@ pub enum Reason {
     // --- Issuing=False
     /// The stored certificate needs no re-issue.
     UpToDate,
+    // --- CaSecretValid=False
+    /// The CA Secret was changed into something unusable; the last good CA keeps signing.
+    CaSecretInvalid,
     // --- Demo
     /// The demo workload is applied.
     Applied,
@@ -67,6 +73,7 @@ impl Reason {
         Reason::IssuanceFailed,
         Reason::SecretWriteFailed,
         Reason::UpToDate,
+        Reason::CaSecretInvalid,
         Reason::Applied,
         Reason::ServerNotFound,
         Reason::DemoConflict,
@@ -88,6 +95,7 @@ impl Reason {
             Reason::IssuanceFailed => "IssuanceFailed",
             Reason::SecretWriteFailed => "SecretWriteFailed",
             Reason::UpToDate => "UpToDate",
+            Reason::CaSecretInvalid => "CaSecretInvalid",
             Reason::Applied => "Applied",
             Reason::ServerNotFound => "ServerNotFound",
             Reason::DemoConflict => "DemoConflict",

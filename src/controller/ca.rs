@@ -176,8 +176,11 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
                 let current = ctx.ca();
                 match authority_from_secret(&secret, jiff::Timestamp::now()) {
                     Ok(ca) => {
-                        ctx.metrics.ca_secret_valid.set(1);
                         reported_invalid = None;
+                        if ctx.set_ca_secret_problem(None) {
+                            // The identities' CaSecretValid condition goes.
+                            let _ = changed.send(()).await;
+                        }
                         let same = current.as_ref().is_some_and(|c| {
                             c.fingerprint() == ca.fingerprint() && c.bundle_pem() == ca.bundle_pem()
                         });
@@ -192,7 +195,10 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
                         }
                     }
                     Err(e) => {
-                        ctx.metrics.ca_secret_valid.set(0);
+                        if ctx.set_ca_secret_problem(Some(e.to_string())) {
+                            // Every identity says so (CaSecretValid=False).
+                            let _ = changed.send(()).await;
+                        }
                         let rv = secret.metadata.resource_version.clone().unwrap_or_default();
                         if reported_invalid.as_deref() != Some(rv.as_str()) {
                             reported_invalid = Some(rv);

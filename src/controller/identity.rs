@@ -100,11 +100,13 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
     let password = read_password(identity, &secrets)
         .await
         .map_err(read("its keystore password"))?;
+    let ca_problem = ctx.ca_secret_problem();
     let obs = Observed {
         identity,
         secret: secret.as_ref(),
         password,
         ca: &ca,
+        ca_secret_problem: ca_problem.as_deref(),
         now: now(),
     };
 

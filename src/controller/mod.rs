@@ -75,6 +75,8 @@ pub struct Context {
     pub metrics: Metrics,
     recorder: Recorder,
     ca: RwLock<Option<Arc<Authority>>>,
+    /// Why the CA Secret is unusable while the last good CA signs (shown on identities).
+    ca_problem: RwLock<Option<String>>,
     pub ready: AtomicBool,
     /// Consecutive errors per object (those that cannot be recorded in its status), for backoff.
     failures: Mutex<HashMap<String, i32>>,
@@ -103,6 +105,7 @@ impl Context {
             config,
             metrics,
             ca: RwLock::new(None),
+            ca_problem: RwLock::new(None),
             ready: AtomicBool::new(false),
             failures: Mutex::default(),
             leadership,
@@ -133,6 +136,24 @@ impl Context {
 
     pub fn ca(&self) -> Option<Arc<Authority>> {
         self.ca.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn ca_secret_problem(&self) -> Option<String> {
+        self.ca_problem
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Record whether the CA Secret is usable; true if that changed.
+    pub fn set_ca_secret_problem(&self, problem: Option<String>) -> bool {
+        self.metrics
+            .ca_secret_valid
+            .set(i64::from(problem.is_none()));
+        let mut current = self.ca_problem.write().unwrap_or_else(|e| e.into_inner());
+        let changed = *current != problem;
+        *current = problem;
+        changed
     }
 
     pub fn set_ca(&self, ca: Arc<Authority>) {

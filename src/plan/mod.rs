@@ -17,7 +17,7 @@ use crate::{
     api::{
         FIELD_MANAGER, Pkcs12ProfileName, RENEW_ANNOTATION, SERIAL_ANNOTATION, TlsIdentity,
         TlsIdentityStatus,
-        conditions::{DEMO, ISSUING, READY, Reason},
+        conditions::{CA_SECRET, DEMO, ISSUING, READY, Reason},
     },
     pki::{
         self, Authority, BACKDATE, CertificateInfo, IssuanceRequest, IssuedCertificate,
@@ -76,6 +76,8 @@ pub struct Observed<'a> {
     pub secret: Option<&'a Secret>,
     pub password: KeystorePassword,
     pub ca: &'a Authority,
+    /// Why the CA Secret is unusable, while the last good CA (`ca`) signs in its place.
+    pub ca_secret_problem: Option<&'a str>,
     /// Whole seconds: certificates and status timestamps carry no more.
     pub now: jiff::Timestamp,
 }
@@ -714,6 +716,20 @@ pub fn finish(obs: &Observed<'_>, outcome: Outcome, demo: DemoOutcome) -> Plan {
         }
     }
 
+    match obs.ca_secret_problem {
+        Some(problem) => set_condition(
+            &mut st.conditions,
+            CA_SECRET,
+            false,
+            Reason::CaSecretInvalid.as_str(),
+            format!(
+                "the CA Secret is not usable ({problem}); the last good CA keeps signing this identity"
+            ),
+            generation,
+            now,
+        ),
+        None => st.conditions.retain(|c| c.type_ != CA_SECRET),
+    }
     match demo.condition {
         Some((ok, reason, message)) => set_condition(
             &mut st.conditions,

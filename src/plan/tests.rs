@@ -62,6 +62,7 @@ fn run_with(
         secret,
         password,
         ca,
+        ca_secret_problem: None,
         now,
     };
     let decision = decide(&obs);
@@ -420,6 +421,7 @@ fn failed(id: &TlsIdentity, reason: Reason, persistent: bool, now: jiff::Timesta
         secret: None,
         password: KeystorePassword::NotRequested,
         ca: ca(),
+        ca_secret_problem: None,
         now,
     };
     Run {
@@ -501,6 +503,7 @@ fn a_failed_renewal_keeps_a_valid_certificate_ready() {
         secret: Some(&secret),
         password: KeystorePassword::NotRequested,
         ca: ca(),
+        ca_secret_problem: None,
         now: t0() + secs(3600),
     };
     let plan = finish(
@@ -824,9 +827,79 @@ fn every_reason_is_reachable_from_the_decision() {
             ..Default::default()
         },
     });
+    note(&ca_secret_broken());
     let missing: Vec<_> = Reason::ALL
         .iter()
         .filter(|r| !seen.contains(r.as_str()))
         .collect();
     assert!(missing.is_empty(), "reasons no case produces: {missing:?}");
+}
+
+/// An identity served while the CA Secret is broken: a `CaSecretValid=False` condition, gone again
+/// once the Secret is fixed; the certificate is kept.
+fn ca_secret_broken() -> Run {
+    let id = identity(serde_json::json!({}));
+    let (id, secret) = settled(&id);
+    let obs = Observed {
+        identity: &id,
+        secret: Some(&secret),
+        password: KeystorePassword::NotRequested,
+        ca: ca(),
+        ca_secret_problem: Some("tls.key: not a private key"),
+        now: t0() + secs(60),
+    };
+    let decision = decide(&obs);
+    let Decision::Keep { info, renew_at } = decision.clone() else {
+        panic!("{decision:?}")
+    };
+    let (content, keystore_problem) =
+        kept_content(&id, Some(&secret), ca(), &KeystorePassword::NotRequested);
+    let plan = finish(
+        &obs,
+        Outcome::Kept {
+            info,
+            renew_at,
+            content,
+            keystore_problem,
+        },
+        DemoOutcome::default(),
+    );
+    Run { decision, plan }
+}
+
+#[test]
+fn a_broken_ca_secret_shows_on_the_identities_until_fixed() {
+    let broken = ca_secret_broken();
+    assert!(broken.plan.secret.is_none(), "the certificate is kept");
+    assert_eq!(cond(&broken, READY).0, "True");
+    assert_eq!(cond(&broken, CA_SECRET), ("False", "CaSecretInvalid"));
+    // Fixed: the condition goes, and nothing else is written.
+    let mut id = identity(serde_json::json!({}));
+    id.status = broken.plan.status.clone();
+    let (_, secret) = settled(&identity(serde_json::json!({})));
+    let obs = Observed {
+        identity: &id,
+        secret: Some(&secret),
+        password: KeystorePassword::NotRequested,
+        ca: ca(),
+        ca_secret_problem: None,
+        now: t0() + secs(120),
+    };
+    let Decision::Keep { info, renew_at } = decide(&obs) else {
+        panic!("kept")
+    };
+    let (content, keystore_problem) =
+        kept_content(&id, Some(&secret), ca(), &KeystorePassword::NotRequested);
+    let plan = finish(
+        &obs,
+        Outcome::Kept {
+            info,
+            renew_at,
+            content,
+            keystore_problem,
+        },
+        DemoOutcome::default(),
+    );
+    let st = plan.status.expect("the condition is removed");
+    assert!(st.conditions.iter().all(|c| c.type_ != CA_SECRET));
 }

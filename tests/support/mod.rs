@@ -730,3 +730,18 @@ pub fn serial(id: &TlsIdentity) -> String {
         .and_then(|s| s.serial_number.clone())
         .unwrap_or_default()
 }
+
+/// One row of the fault table: printed, and appended to `target/faults.md`, which `make test`
+/// shows after the tests (cargo hides a passing test's output).
+pub fn fault_row(fault: &str, outcome: &str) {
+    use std::io::Write;
+    println!("FAULT | {fault} | {outcome}");
+    let path = repo().join("target/faults.md");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "| {fault} | {outcome} |");
+    }
+}
