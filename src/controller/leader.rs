@@ -12,6 +12,14 @@
 //! The second check is what makes a paused or partitioned leader stop writing by its own clock,
 //! without waiting to hear from the apiserver; the resourceVersion preconditions on every write
 //! cover the rest (a write based on a read from before the takeover is refused).
+//!
+//! Why kube-lease-manager: of the Lease crates (kube-lease-manager, kubert's `lease`,
+//! kube-leader-election) it is the one released for kube 5 / k8s-openapi 0.29; it locks with
+//! server-side apply (a conflicting claim fails instead of overwriting), tolerates `grace` seconds
+//! of clock skew, and releases on drop. What it does not do, this module adds: it never tells a
+//! holder that cannot reach the apiserver that it may have lost the Lease (hence the confirmation
+//! deadline), and a standby sleeps until the holder's expiry even after a release (hence a new
+//! term when the watch sees the Lease released).
 
 use super::Context;
 use futures::StreamExt;
