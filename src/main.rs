@@ -81,8 +81,8 @@ struct ControllerArgs {
     /// this long plus one second.
     #[arg(long, env = "TLSID_LEASE_DURATION", default_value_t = controller::leader::LeaseTiming::DEFAULT.duration)]
     lease_duration: u64,
-    /// Seconds before expiry that the leader renews its Lease (also the clock skew tolerated
-    /// between replicas).
+    /// Seconds before expiry that the leader renews its Lease. A leader stops writing half this
+    /// (at least 1 s) before its Lease could expire: the clock skew tolerated between replicas.
     #[arg(long, env = "TLSID_LEASE_RENEW_GRACE", default_value_t = controller::leader::LeaseTiming::DEFAULT.grace)]
     lease_renew_grace: u64,
     /// The install's issuance budget: certificates signed per second, sustained.

@@ -499,3 +499,46 @@ async fn a_replaced_ca_reissues_every_leaf_at_the_issuance_budget() {
         ),
     );
 }
+
+/// Deleting the CA Secret and creating a new one at once is a replacement, not an accident: the
+/// controller does not race the user's create with a restore of the old CA (which would leave the
+/// old, perhaps compromised, root trusted); it adopts the new CA and re-issues under it.
+#[tokio::test]
+async fn a_ca_secret_deleted_and_created_again_is_a_replacement_not_restored() {
+    let env = setup("ca-replaced").await;
+    let client = env.ids.clone().into_client();
+    create(&env, &identity("r", json!({"dnsNames": ["r.ns.svc"]}))).await;
+    env.controller.wait_leader(true).await;
+    let new_ca = tlsid::pki::Authority::generate_root(jiff::Timestamp::now()).unwrap();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "tlsid-ca"},
+        "type": "kubernetes.io/tls",
+        "data": new_ca.to_secret_data().into_iter()
+            .map(|(k, v)| (k, b64(&v))).collect::<BTreeMap<_, _>>(),
+    }))
+    .unwrap();
+    env.secrets
+        .delete("tlsid-ca", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("the user's new CA Secret is not pre-empted by a restore");
+    let reissued = wait_identity(&env.ids, "r", "re-issued under the new CA", |o| {
+        ready(o) && fingerprint(o) == new_ca.fingerprint()
+    })
+    .await;
+    assert_eq!(revision(Some(&reissued)), 2);
+    let ca = env.secrets.get("tlsid-ca").await.unwrap();
+    assert_eq!(
+        data(&ca, "ca.crt"),
+        new_ca.bundle_pem().as_bytes(),
+        "only the new root"
+    );
+    assert_eq!(events(&client, &env.ns, "CaSecretRestored").await, 0);
+    row(
+        "the CA Secret deleted and created again with a new CA (a replacement)",
+        "not restored over; the new CA adopted; every leaf re-issued under it",
+    );
+}

@@ -365,3 +365,61 @@ async fn an_idle_install_writes_only_lease_renewals() {
         ),
     );
 }
+
+/// Someone deletes the leader Lease: the crate would keep retrying the missing object while still
+/// calling itself leader; instead every replica stands again and a leader writes within seconds.
+#[tokio::test]
+async fn a_deleted_lease_is_recreated_and_a_leader_writes_again() {
+    let cluster = cluster().await;
+    let client = cluster.client().await;
+    let ns = namespace(&client, "lease-deleted").await;
+    let c = Controller::start_with(
+        cluster,
+        &ns,
+        &["--watch-namespace", &ns, "--namespace", &ns],
+    )
+    .await;
+    c.wait_leader(true).await;
+    let ids: Api<TlsIdentity> = Api::namespaced(client.clone(), &ns);
+    ids.create(
+        &PostParams::default(),
+        &identity("l0", json!({"dnsNames": [format!("l0.{ns}.svc")]})),
+    )
+    .await
+    .unwrap();
+    wait_identity(&ids, "l0", "Ready", ready).await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &ns);
+    let deleted = Instant::now();
+    leases
+        .delete("tlsid-leader", &Default::default())
+        .await
+        .unwrap();
+    ids.patch(
+        "l0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"tlsid.dev/renew": "after-delete"}}})),
+    )
+    .await
+    .unwrap();
+    wait_identity_for(
+        &ids,
+        "l0",
+        "renewed after the Lease was deleted",
+        Duration::from_secs(60),
+        |o| revision(o) == 2 && ready(o),
+    )
+    .await;
+    let took = deleted.elapsed();
+    assert!(
+        leases.get("tlsid-leader").await.is_ok(),
+        "the Lease is back"
+    );
+    fault_row(
+        "the leader Lease deleted by hand",
+        &format!(
+            "a new term at once; the renewal requested meanwhile done {:.1} s later",
+            took.as_secs_f64()
+        ),
+    );
+}

@@ -69,21 +69,30 @@ fn create_params() -> PostParams {
     }
 }
 
-/// Load the CA Secret, or create a new self-signed root if there is none.
-pub async fn load_or_create(api: &Api<Secret>, name: &str) -> Result<Authority, LoadError> {
+/// Load the CA Secret, or (if `may_create`) create a new self-signed root if there is none.
+/// `Ok(None)`: there is none and this replica may not create one (it is not the leader).
+pub async fn load_or_create(
+    api: &Api<Secret>,
+    name: &str,
+    may_create: bool,
+) -> Result<Option<Authority>, LoadError> {
     let api_err = |e| LoadError::Api(name.to_string(), e);
     // Two rounds: a lost create race is followed by one read of the winner's Secret.
     for _ in 0..2 {
         if let Some(secret) = api.get_opt(name).await.map_err(api_err)? {
             return authority_from_secret(&secret, jiff::Timestamp::now())
+                .map(Some)
                 .map_err(|e| LoadError::Invalid(name.to_string(), e));
+        }
+        if !may_create {
+            return Ok(None);
         }
         let ca = Authority::generate_root(jiff::Timestamp::now())
             .map_err(|e| LoadError::Invalid(name.to_string(), e))?;
         match api.create(&create_params(), &ca_secret(name, &ca)).await {
             Ok(_) => {
                 info!(secret = name, fingerprint = ca.fingerprint(), not_after = %ca.not_after(), "created a new self-signed cluster CA");
-                return Ok(ca);
+                return Ok(Some(ca));
             }
             Err(kube::Error::Api(s)) if s.is_already_exists() => {
                 info!(
@@ -96,6 +105,10 @@ pub async fn load_or_create(api: &Api<Secret>, name: &str) -> Result<Authority, 
     }
     Err(LoadError::Raced(name.to_string()))
 }
+
+/// How long a deleted CA Secret stays deleted before the leader restores it: time for whoever
+/// deleted it to create its replacement.
+pub const RESTORE_GRACE: Duration = Duration::from_secs(15);
 
 /// Event reasons on the CA Secret.
 pub const CA_RESTORED: &str = "CaSecretRestored";
@@ -114,9 +127,22 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
     let api = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let name = ctx.config.ca_secret.clone();
     let mut delay = Duration::from_secs(1);
+    let mut said_waiting = false;
     loop {
-        match load_or_create(&api, &name).await {
-            Ok(ca) => {
+        // Only the leader mints a new root: a standby starting while the CA Secret is missing
+        // (deleted, or a first install) waits for the leader to restore or create it.
+        match load_or_create(&api, &name, ctx.leadership.is_leader()).await {
+            Ok(None) => {
+                if !said_waiting {
+                    info!(
+                        secret = name,
+                        "no CA Secret yet; waiting for the leader to create it"
+                    );
+                    said_waiting = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(Some(ca)) => {
                 info!(
                     secret = name,
                     namespace = ctx.config.namespace,
@@ -139,8 +165,9 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
     let mut events = watcher(api.clone(), config)
         .backoff(super::WatchBackoff::new())
         .boxed();
-    // Whether the Secret exists, as far as the watch says; during a relist, whether it was listed.
-    let mut present = true;
+    // Since when the Secret has been missing, as far as the watch says; during a relist, whether
+    // it was listed.
+    let mut gone_since: Option<std::time::Instant> = None;
     let mut listed = false;
     let mut reported_invalid: Option<String> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -152,9 +179,15 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
                 None => break,
             },
             _ = tick.tick() => {
-                // Only the leader restores; a standby that becomes leader finds it here.
-                if !present && ctx.leadership.is_leader() && restore(&ctx, &api, &name).await {
-                    present = true;
+                // Only the leader restores, and only once the Secret has stayed gone for
+                // RESTORE_GRACE: whoever deleted it may be putting a new CA in its place
+                // (delete-and-create, `kubectl replace --force`), which a restore must not
+                // pre-empt. A standby that becomes leader finds it here.
+                if gone_since.is_some_and(|t| t.elapsed() >= RESTORE_GRACE)
+                    && ctx.leadership.is_leader()
+                    && restore(&ctx, &api, &name).await
+                {
+                    gone_since = None;
                 }
                 continue;
             }
@@ -162,16 +195,17 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
         match event {
             Ok(watcher::Event::Init) => listed = false,
             Ok(watcher::Event::InitDone) => {
-                present = listed;
-                if !present {
+                if !listed && gone_since.is_none() {
                     warn!(
                         secret = name,
-                        "the CA Secret is gone (deleted while the watch was down)"
+                        "the CA Secret is gone (deleted while the watch was down); restoring it in {}s unless a new one appears",
+                        RESTORE_GRACE.as_secs()
                     );
+                    gone_since = Some(std::time::Instant::now());
                 }
             }
             Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) => {
-                present = true;
+                gone_since = None;
                 listed = true;
                 let current = ctx.ca();
                 match authority_from_secret(&secret, jiff::Timestamp::now()) {
@@ -217,11 +251,12 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
                 }
             }
             Ok(watcher::Event::Delete(_)) => {
-                present = false;
-                warn!(secret = name, "CA Secret deleted");
-                if ctx.leadership.is_leader() && restore(&ctx, &api, &name).await {
-                    present = true;
-                }
+                warn!(
+                    secret = name,
+                    "CA Secret deleted; restoring it from the CA in use in {}s unless a new one appears",
+                    RESTORE_GRACE.as_secs()
+                );
+                gone_since = Some(std::time::Instant::now());
             }
             Err(e) => warn!(error = %e, "CA watch error"),
         }

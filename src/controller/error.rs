@@ -62,15 +62,15 @@ pub fn is_persistent(err: &kube::Error) -> bool {
 }
 
 /// Whether the apiserver asked us to slow down (429 from API Priority and Fairness or a rate
-/// limit): not a failure of the object. Retried after a short pause, never recorded as a failed
-/// attempt, so throttling slows the controller down instead of backing objects off for minutes.
+/// limit) even after kube-client's own retries (it retries 429/503/504 with backoff, honouring
+/// Retry-After): not a failure of the object. Retried after a short pause, never recorded as a
+/// failed attempt, so throttling slows the controller down instead of backing objects off.
 pub fn is_throttled(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(s) if s.code == 429)
 }
 
-/// How long to pause after a 429: the apiserver's Retry-After is not passed through by the
-/// client, so 1-2 s (APF's own suggestion is 1 s), spread per object so retries do not arrive
-/// in step.
+/// How long to pause after a 429 that survived the client's retries: 1-2 s, spread per object so
+/// retries do not arrive in step.
 pub fn throttle_pause(seed: &str) -> std::time::Duration {
     let spread = seed
         .bytes()

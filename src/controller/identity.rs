@@ -41,6 +41,8 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
         // identity is reconciled.
         Role::Follower => {
             ctx.metrics.skip("Standby");
+            // Reservations of the issuance budget belong to a leader's term.
+            ctx.retain_issuance(None);
             return Ok(Action::await_change());
         }
         // Elected, but our renewal is not confirmed yet: come back rather than drop the work.
@@ -286,17 +288,6 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
         Some(status) => apply::status(ctx, identity, status).await,
         None => Ok(()),
     };
-    // The identity changed since it was read (the precondition held): the watch brings the new
-    // version, and the next reconcile adopts what was just written.
-    if let Err(Error::StatusWrite {
-        source: kube::Error::Api(s),
-        ..
-    }) = &written
-        && s.code == 409
-    {
-        debug!("identity changed while reconciling; reconciling again");
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
     for note in &plan.events {
         let type_ = if note.warning {
             EventType::Warning
@@ -318,6 +309,17 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
         }
         ctx.publish(identity, type_, &note.reason, note.message.clone())
             .await;
+    }
+    // The identity changed since it was read (the precondition held): the watch brings the new
+    // version, and the next reconcile adopts what was just written.
+    if let Err(Error::StatusWrite {
+        source: kube::Error::Api(s),
+        ..
+    }) = &written
+        && s.code == 409
+    {
+        debug!("identity changed while reconciling; reconciling again");
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     written?;
     Ok(plan

@@ -176,18 +176,32 @@ pub async fn run(
     }
     let name = lease_name(&ctx.config.install);
     let api = Api::<Lease>::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let released = Arc::new(tokio::sync::Notify::new());
+    let restart = Arc::new(tokio::sync::Notify::new());
     let confirm = tokio::spawn(confirm_from_watch(
         ctx.clone(),
         api,
         name.clone(),
-        released.clone(),
+        restart.clone(),
     ));
     let mut stop_rx = stop.clone();
-    // One term per manager: kube-lease-manager sleeps until the holder's Lease would expire, so
-    // when our watch sees the holder release it (a SIGTERMed leader), a standby starts a new
-    // term at once instead of waiting out the expiry.
+    // One term per manager. A term ends, and a new one starts at once, when:
+    // - the holder released the Lease (a SIGTERMed leader): kube-lease-manager would sleep
+    //   until the old expiry;
+    // - the Lease was deleted: the crate creates it only when built, and would retry the
+    //   missing object forever while still calling itself leader;
+    // - we are elected but have not seen our Lease renewed for a whole lease duration (the crate
+    //   keeps retrying a renewal that does not land, or our watch is stuck);
+    // - the crate's task ended.
+    // A term that ends right after it began waits a second before the next: no spin if the
+    // Lease keeps vanishing or the crate keeps failing.
+    let mut last_start: Option<std::time::Instant> = None;
     'terms: loop {
+        if last_start.is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+            && wait_or_stop(&stop, Duration::from_secs(1)).await
+        {
+            break 'terms;
+        }
+        last_start = Some(std::time::Instant::now());
         // Building the manager creates the Lease if needed: retry while the apiserver is away.
         let mut delay = Duration::from_millis(500);
         let manager = loop {
@@ -204,24 +218,28 @@ pub async fn run(
                 Err(e) => {
                     warn!(lease = name, error = %e, "cannot set up the leader Lease; retrying");
                     if wait_or_stop(&stop, delay).await {
-                        confirm.abort();
-                        return;
+                        break 'terms;
                     }
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
         };
+        // The manager has just made sure the Lease exists: a restart asked for before that (a
+        // Lease not there yet at our watch's first list) is stale.
+        let _ = tokio::time::timeout(Duration::ZERO, restart.notified()).await;
         let (mut elected, handle) = manager.watch().await;
         debug!(
             lease = name,
             identity = lead.identity,
             "standing for election"
         );
-        let stopping = loop {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut unconfirmed_since: Option<std::time::Instant> = None;
+        let why = loop {
             tokio::select! {
                 changed = elected.changed() => {
                     if changed.is_err() {
-                        break true;
+                        break Some("the election task ended");
                     }
                     let now = { *elected.borrow_and_update() };
                     lead.set_elected(now);
@@ -233,15 +251,25 @@ pub async fn run(
                         warn!(lease = name, identity = lead.identity, "lost the leadership; standing by");
                     }
                 }
-                _ = released.notified(), if !lead.elected.load(Ordering::Acquire) => break false,
-                _ = async { let _ = stop_rx.wait_for(|s| *s).await; } => break true,
+                _ = restart.notified() => break Some("the Lease was released or deleted"),
+                _ = tick.tick() => {
+                    if lead.role() == Role::Unconfirmed {
+                        let since = *unconfirmed_since.get_or_insert_with(std::time::Instant::now);
+                        if since.elapsed() > Duration::from_secs(lead.timing.duration) {
+                            break Some("elected, but the Lease was not seen renewed for a whole lease duration");
+                        }
+                    } else {
+                        unconfirmed_since = None;
+                    }
+                }
+                _ = async { let _ = stop_rx.wait_for(|s| *s).await; } => break None,
             }
         };
-        if stopping {
-            // Stop writing first, then hand the Lease over: dropping the receiver makes the
-            // manager release it.
-            lead.set_elected(false);
-            ctx.metrics.leader.set(0);
+        // Stop writing first, in every case.
+        lead.set_elected(false);
+        ctx.metrics.leader.set(0);
+        let Some(why) = why else {
+            // SIGTERM: hand the Lease over (dropping the receiver makes the manager release it).
             drop(elected);
             match tokio::time::timeout(Duration::from_secs(5), handle).await {
                 Ok(Ok(Ok(_))) => info!(lease = name, "leader Lease released"),
@@ -251,14 +279,13 @@ pub async fn run(
                 _ => warn!(lease = name, "timed out releasing the leader Lease"),
             }
             break 'terms;
-        }
-        // The holder released the Lease: end this term (we hold nothing) and stand again.
-        debug!(
-            lease = name,
-            "the leader released the Lease; standing again now"
-        );
+        };
+        // A new term: end this one without releasing anything (a release here could clear a
+        // lock just taken by a peer, or by our own next term).
+        info!(lease = name, reason = why, "standing for election again");
+        handle.abort();
+        let _ = handle.await;
         drop(elected);
-        let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
     }
     confirm.abort();
 }
@@ -273,23 +300,47 @@ async fn wait_or_stop(stop: &tokio::sync::watch::Receiver<bool>, delay: Duration
     .is_ok()
 }
 
-/// Follow the Lease: confirm our own renewals (see the module docs) and count every renewal, the
-/// one kind of write an idle install makes.
+/// Follow the Lease: confirm our own renewals (see the module docs), count every renewal (the
+/// one kind of write an idle install makes), and ask for a new term when the Lease is released by
+/// its holder while we stand by, or is gone (deleted, or missing from a relist).
 async fn confirm_from_watch(
     ctx: Arc<Context>,
     api: Api<Lease>,
     name: String,
-    released: Arc<tokio::sync::Notify>,
+    restart: Arc<tokio::sync::Notify>,
 ) {
     let lead = &ctx.leadership;
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher(api, config)
         .backoff(super::WatchBackoff::new())
-        .applied_objects()
         .boxed();
     let mut last_renew: Option<i64> = None;
+    let mut listed = false;
     while let Some(event) = events.next().await {
-        let Ok(lease) = event else { continue };
+        let lease = match event {
+            Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
+                listed = true;
+                lease
+            }
+            Ok(watcher::Event::Init) => {
+                listed = false;
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                if !listed {
+                    lead.confirmed_until.store(0, Ordering::Release);
+                    restart.notify_one();
+                }
+                continue;
+            }
+            Ok(watcher::Event::Delete(_)) => {
+                warn!(lease = name, "the leader Lease was deleted");
+                lead.confirmed_until.store(0, Ordering::Release);
+                restart.notify_one();
+                continue;
+            }
+            Err(_) => continue,
+        };
         let Some(spec) = lease.spec else { continue };
         let renew = spec.renew_time.map(|t| t.0.as_millisecond());
         if renew.is_some() && renew != last_renew {
@@ -299,8 +350,8 @@ async fn confirm_from_watch(
             last_renew = renew;
         }
         let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty());
-        if holder.is_none() {
-            released.notify_one();
+        if holder.is_none() && !lead.elected.load(Ordering::Acquire) {
+            restart.notify_one();
         }
         let ours = holder == Some(lead.identity.as_str());
         let until = match (ours, renew) {

@@ -81,8 +81,9 @@ pub struct Context {
     /// Consecutive errors per object (those that cannot be recorded in its status), for backoff.
     failures: Mutex<HashMap<String, i32>>,
     pub leadership: leader::Leadership,
-    /// The install's issuance budget (used by the leader).
+    /// The install's issuance budget (used by the leader), on a monotonic clock from `started`.
     budget: Mutex<crate::plan::budget::Budget>,
+    started: std::time::Instant,
 }
 
 impl Context {
@@ -110,6 +111,7 @@ impl Context {
             failures: Mutex::default(),
             leadership,
             budget: Mutex::new(budget),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -117,7 +119,7 @@ impl Context {
     fn admit_issuance(&self, key: &str) -> crate::plan::budget::Admit {
         let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
         let before = budget.waiting();
-        let admit = budget.admit(key, jiff::Timestamp::now().as_millisecond());
+        let admit = budget.admit(key, self.budget_clock());
         if budget.waiting() > before {
             self.metrics.budget_waits.inc();
         }
@@ -129,9 +131,33 @@ impl Context {
     fn cancel_issuance(&self, key: &str) {
         let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
         if budget.waiting() > 0 {
-            budget.cancel(key);
+            budget.cancel(key, self.budget_clock());
             self.metrics.budget_waiting.set(budget.waiting() as i64);
         }
+    }
+
+    /// Keep only the reservations of identities that still exist (`None`: keep none).
+    fn retain_issuance(&self, live: Option<&BTreeSet<(String, String)>>) {
+        let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        if budget.waiting() > 0 {
+            let now = self.budget_clock();
+            match live {
+                Some(live) => budget.retain(
+                    |k| {
+                        k.split_once('/')
+                            .is_some_and(|(ns, n)| live.contains(&(ns.to_string(), n.to_string())))
+                    },
+                    now,
+                ),
+                None => budget.clear(now),
+            }
+            self.metrics.budget_waiting.set(budget.waiting() as i64);
+        }
+    }
+
+    /// Milliseconds on a monotonic clock: a wall-clock step never freezes or floods the budget.
+    fn budget_clock(&self) -> i64 {
+        i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)
     }
 
     pub fn ca(&self) -> Option<Arc<Authority>> {
@@ -223,6 +249,7 @@ impl Context {
 pub struct WatchBackoff {
     attempt: u32,
     jitter: u64,
+    last_error: Option<std::time::Instant>,
 }
 
 impl WatchBackoff {
@@ -232,7 +259,8 @@ impl WatchBackoff {
     pub fn new() -> Self {
         Self {
             attempt: 0,
-            jitter: u64::from(std::process::id()),
+            jitter: rand::random(),
+            last_error: None,
         }
     }
 }
@@ -247,11 +275,12 @@ impl Iterator for WatchBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
+        self.last_error = Some(std::time::Instant::now());
         let base = Self::MIN
             .saturating_mul(1 << self.attempt.min(8))
             .min(Self::MAX);
         self.attempt = self.attempt.saturating_add(1);
-        // Up to a fifth less, varying per attempt and process, so watches do not reconnect in step.
+        // Up to a fifth less, varying per attempt and per watch, so watches do not reconnect in step.
         self.jitter = self
             .jitter
             .wrapping_mul(6364136223846793005)
@@ -262,8 +291,13 @@ impl Iterator for WatchBackoff {
 }
 
 impl kube::runtime::utils::Backoff for WatchBackoff {
+    /// Called on every successful item, including the `Init` a watcher emits before each relist
+    /// attempt: only a watch that has stayed healthy for a while starts again from the minimum,
+    /// so a list that keeps failing is retried at the full backoff, not every 250 ms.
     fn reset(&mut self) {
-        self.attempt = 0;
+        if self.last_error.is_none_or(|t| t.elapsed() > Self::MAX * 2) {
+            self.attempt = 0;
+        }
     }
 }
 
@@ -319,6 +353,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
                 sweep_ctx
                     .metrics
                     .forget(&obj.namespace().unwrap_or_default(), &obj.name_any());
+                sweep_ctx.cancel_issuance(&Context::failure_key(obj));
             }
             Ok(watcher::Event::InitDone) => {
                 let live: BTreeSet<(String, String)> = sweep_store
@@ -327,6 +362,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
                     .map(|o| (o.namespace().unwrap_or_default(), o.name_any()))
                     .collect();
                 sweep_ctx.metrics.retain(&live);
+                sweep_ctx.retain_issuance(Some(&live));
             }
             _ => {}
         })
@@ -461,6 +497,11 @@ mod tests {
             tries += 1;
         }
         assert!(tries <= 20, "{tries} reconnects in a minute");
+        // A reset right after an error (a relist starting) keeps the backoff where it was.
+        b.reset();
+        assert!(b.next().unwrap() >= WatchBackoff::MAX * 4 / 5);
+        // One after a healthy stretch starts again from the minimum.
+        b.last_error = Some(std::time::Instant::now() - WatchBackoff::MAX * 3);
         b.reset();
         assert!(b.next().unwrap() <= WatchBackoff::MIN);
     }

@@ -72,11 +72,28 @@ impl Budget {
         Admit::Wait(Duration::from_millis(wait_ms as u64))
     }
 
-    /// `key` no longer needs its reserved slot (it was deleted, or no longer needs to issue).
-    pub fn cancel(&mut self, key: &str) {
-        if self.reserved.remove(key).is_some() {
-            self.tokens += 1.0;
+    /// `key` no longer needs its reserved slot (it was deleted, or no longer needs to issue). A
+    /// slot still in the future goes back to the bucket (never beyond the burst); one already due
+    /// was paid for by the refill and is simply dropped.
+    pub fn cancel(&mut self, key: &str, now_ms: i64) {
+        if let Some(at) = self.reserved.remove(key)
+            && at > now_ms
+        {
+            self.tokens = (self.tokens + 1.0).min(self.burst);
         }
+    }
+
+    /// Drop the reservations of keys not in `live` (identities deleted while waiting).
+    pub fn retain(&mut self, live: impl Fn(&str) -> bool, now_ms: i64) {
+        let gone: Vec<String> = self.reserved.keys().filter(|k| !live(k)).cloned().collect();
+        for k in gone {
+            self.cancel(&k, now_ms);
+        }
+    }
+
+    /// Drop every reservation (this replica stopped leading: the next leader has its own).
+    pub fn clear(&mut self, now_ms: i64) {
+        self.retain(|_| false, now_ms);
     }
 
     /// Identities holding a reservation.
@@ -151,10 +168,32 @@ mod tests {
         let mut b = Budget::new(1.0, 1);
         assert_eq!(b.admit("a", 0), Admit::Go);
         assert_eq!(b.admit("b", 0), Admit::Wait(Duration::from_secs(1)));
-        b.cancel("b");
-        b.cancel("b");
+        b.cancel("b", 0);
+        b.cancel("b", 0);
         assert_eq!(b.waiting(), 0);
         assert_eq!(b.admit("c", 0), Admit::Wait(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn cancelling_never_mints_tokens_beyond_the_burst() {
+        // Reservations far in the past (a leader that stood by, then came back): cancelling
+        // them gives nothing back, and the next admissions stay within burst + rate.
+        let mut b = Budget::new(1.0, 2);
+        for i in 0..10 {
+            b.admit(&format!("k{i}"), 0);
+        }
+        b.clear(60_000);
+        assert_eq!(b.waiting(), 0);
+        let now = 60_000;
+        let go = (0..10)
+            .filter(|i| b.admit(&format!("n{i}"), now) == Admit::Go)
+            .count();
+        assert!(go <= 2, "{go} admitted at once with a burst of 2");
+        // Deleted identities' reservations are swept.
+        b.admit("live", now);
+        b.admit("dead", now);
+        b.retain(|k| k == "live", now);
+        assert_eq!(b.waiting(), 1);
     }
 
     #[test]
