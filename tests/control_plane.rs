@@ -11,7 +11,7 @@ mod support;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams},
 };
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -137,20 +137,7 @@ async fn the_controller_rides_out_apiserver_restarts_etcd_pauses_and_expired_wat
     )
     .await;
     c.wait_leader(true).await;
-    for i in 0..N {
-        ids.create(
-            &PostParams::default(),
-            &identity(
-                &format!("cp{i}"),
-                json!({"dnsNames": [format!("cp{i}.{ns}.svc")]}),
-            ),
-        )
-        .await
-        .unwrap();
-    }
-    for i in 0..N {
-        wait_identity(&ids, &format!("cp{i}"), "Ready", ready).await;
-    }
+    create_ready(&ids, "cp", N, &format!("{ns}.svc")).await;
     let base = c.metric("tlsid_issuances_total").await;
 
     // === 1. apiserver restarted (down 5 s); meanwhile the CA Secret is deleted in etcd, which

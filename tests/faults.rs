@@ -29,33 +29,6 @@ fn fingerprint(o: Option<&TlsIdentity>) -> String {
         .unwrap_or_default()
 }
 
-async fn events(client: &kube::Client, ns: &str, reason: &str) -> usize {
-    Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), ns)
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .map(|e| e.count.unwrap_or(1).max(1) as usize)
-        .sum()
-}
-
-async fn wait_events(client: &kube::Client, ns: &str, reason: &str, n: usize) -> usize {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let got = events(client, ns, reason).await;
-        if got >= n {
-            return got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{got} {reason} Events, want {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_deleted_ca_secret_is_restored_with_the_same_key_and_nothing_is_reissued() {
     let env = setup("ca-deleted").await;
@@ -84,7 +57,7 @@ async fn a_deleted_ca_secret_is_restored_with_the_same_key_and_nothing_is_reissu
         "the same key"
     );
     assert_eq!(
-        wait_events(&client, &env.ns, "CaSecretRestored", 1).await,
+        events_at_least(&client, &env.ns, "CaSecretRestored", 1).await,
         1
     );
     // The restore is seen by the CA watch as the same CA: no identity is touched.
@@ -114,7 +87,10 @@ async fn an_unusable_ca_secret_keeps_the_last_good_ca_signing() {
         )
         .await
         .unwrap();
-    assert_eq!(wait_events(&client, &env.ns, "CaSecretInvalid", 1).await, 1);
+    assert_eq!(
+        events_at_least(&client, &env.ns, "CaSecretInvalid", 1).await,
+        1
+    );
     assert_eq!(env.controller.metric("tlsid_ca_secret_valid").await, 0.0);
     let flagged = wait_identity(&env.ids, "a", "CaSecretValid=False", |o| {
         condition(o, "CaSecretValid").is_some_and(|(s, r)| s == "False" && r == "CaSecretInvalid")
@@ -445,20 +421,7 @@ async fn a_replaced_ca_reissues_every_leaf_at_the_issuance_budget() {
     c.wait_leader(true).await;
     let ids: Api<TlsIdentity> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    for i in 0..LEAVES {
-        ids.create(
-            &PostParams::default(),
-            &identity(
-                &format!("b{i}"),
-                json!({"dnsNames": [format!("b{i}.ns.svc")]}),
-            ),
-        )
-        .await
-        .unwrap();
-    }
-    for i in 0..LEAVES {
-        wait_identity(&ids, &format!("b{i}"), "Ready", ready).await;
-    }
+    create_ready(&ids, "b", LEAVES, "ns.svc").await;
     let waits_before = c.metric("tlsid_issuance_budget_waits_total").await;
     let new_ca = tlsid::pki::Authority::generate_root(jiff::Timestamp::now()).unwrap();
     let data: BTreeMap<String, k8s_openapi::ByteString> = new_ca

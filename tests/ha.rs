@@ -62,20 +62,7 @@ async fn one_writer_a_killed_leader_is_replaced_and_each_identity_is_issued_once
     assert_eq!(b.metric("tlsid_leader ").await, 0.0, "one leader at a time");
 
     let ids: Api<TlsIdentity> = Api::namespaced(client.clone(), &ns);
-    for i in 0..N {
-        ids.create(
-            &PostParams::default(),
-            &identity(
-                &format!("id{i}"),
-                json!({"dnsNames": [format!("id{i}.{ns}.svc")]}),
-            ),
-        )
-        .await
-        .unwrap();
-    }
-    for i in 0..N {
-        wait_identity(&ids, &format!("id{i}"), "Ready", ready).await;
-    }
+    create_ready(&ids, "id", N, &format!("{ns}.svc")).await;
 
     // Both replicas see every renewal request; only the leader acts on it.
     renew_all(&ids, "both-alive", 1).await;
@@ -305,20 +292,7 @@ async fn an_idle_install_writes_only_lease_renewals() {
     .await;
     c.wait_leader(true).await;
     let ids: Api<TlsIdentity> = Api::namespaced(client.clone(), &ns);
-    for i in 0..3 {
-        ids.create(
-            &PostParams::default(),
-            &identity(
-                &format!("idle{i}"),
-                json!({"dnsNames": [format!("idle{i}.{ns}.svc")]}),
-            ),
-        )
-        .await
-        .unwrap();
-    }
-    for i in 0..3 {
-        wait_identity(&ids, &format!("idle{i}"), "Ready", ready).await;
-    }
+    create_ready(&ids, "idle", 3, &format!("{ns}.svc")).await;
     // Settle for three renewals (the Events of the issuances are published right after the
     // status the test waited for), then watch three more.
     async fn renewals_reach(c: &Controller, n: f64) {

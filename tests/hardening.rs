@@ -17,34 +17,8 @@ fn reason_is(status: &'static str, reason: &'static str) -> impl Fn(Option<&TlsI
     move |o| condition(o, "Ready").is_some_and(|(s, r)| s == status && r == reason)
 }
 
-/// The count of Events with `reason`, once there are at least `at_least` (Events are published
-/// after the status write the test waited for).
 async fn warnings_at_least(env: &Env, reason: &str, at_least: usize) -> usize {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let n = warnings(env, reason).await;
-        if n >= at_least {
-            return n;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{n} {reason} Events, want at least {at_least}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn warnings(env: &Env, reason: &str) -> usize {
-    let client = env.ids.clone().into_client();
-    Api::<k8s_openapi::api::core::v1::Event>::namespaced(client, &env.ns)
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .map(|e| e.count.unwrap_or(1).max(1) as usize)
-        .sum()
+    events_at_least(&env.ids.clone().into_client(), &env.ns, reason, at_least).await
 }
 
 /// A stored object exactly as the apiserver keeps it, written past admission.

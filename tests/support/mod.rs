@@ -745,3 +745,53 @@ pub fn fault_row(fault: &str, outcome: &str) {
         let _ = writeln!(f, "| {fault} | {outcome} |");
     }
 }
+
+/// Create `{prefix}0..{prefix}{n-1}` (each with the DNS name `<name>.<domain>`) at once, then wait
+/// until every one is Ready.
+pub async fn create_ready(ids: &Api<TlsIdentity>, prefix: &str, n: usize, domain: &str) {
+    for i in 0..n {
+        let name = format!("{prefix}{i}");
+        ids.create(
+            &PostParams::default(),
+            &identity(
+                &name,
+                serde_json::json!({"dnsNames": [format!("{name}.{domain}")]}),
+            ),
+        )
+        .await
+        .expect("create identity");
+    }
+    for i in 0..n {
+        wait_identity(ids, &format!("{prefix}{i}"), "Ready", ready).await;
+    }
+}
+
+/// Events with `reason` in `ns` (a series counts as its count).
+pub async fn events(client: &Client, ns: &str, reason: &str) -> usize {
+    Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .expect("list Events")
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| e.count.unwrap_or(1).max(1) as usize)
+        .sum()
+}
+
+/// The count of Events with `reason`, once there are at least `at_least` (Events are published
+/// after the status write a test waits for).
+pub async fn events_at_least(client: &Client, ns: &str, reason: &str, at_least: usize) -> usize {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let n = events(client, ns, reason).await;
+        if n >= at_least {
+            return n;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} {reason} Events, want at least {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
