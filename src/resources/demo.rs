@@ -47,8 +47,11 @@ pub fn server_target(server: &TlsIdentity, port: i32) -> Option<ServerTarget> {
         .find(|n| **n == svc || n.starts_with(&format!("{svc}.")))
         .or_else(|| server.spec.dns_names.first())?
         .clone();
+    // An absolute name (trailing dot): never expanded with the pod's search domains, which on
+    // some networks include a wildcard domain that answers for anything (a client that started
+    // before the server's Service existed connected to a stranger and failed its handshake).
     Some(ServerTarget {
-        address: format!("{svc}.cluster.local:{port}"),
+        address: format!("{svc}.cluster.local.:{port}"),
         server_name,
     })
 }
@@ -363,7 +366,7 @@ mod tests {
             sdemo,
         );
         let t = server_target(&server, 8443).unwrap();
-        assert_eq!(t.address, "orders.shop.svc.cluster.local:8443");
+        assert_eq!(t.address, "orders.shop.svc.cluster.local.:8443");
         assert_eq!(
             t.server_name, "orders.shop.svc.cluster.local",
             "the SAN naming the Service wins"
@@ -382,7 +385,7 @@ mod tests {
             .unwrap();
         assert!(
             args.windows(2)
-                .any(|w| w == ["--connect", "orders.shop.svc.cluster.local:8443"])
+                .any(|w| w == ["--connect", "orders.shop.svc.cluster.local.:8443"])
         );
         assert!(args.windows(2).any(|w| w == ["--interval", "500ms"]));
     }
