@@ -835,25 +835,27 @@ fn every_reason_is_reachable_from_the_decision() {
     assert!(missing.is_empty(), "reasons no case produces: {missing:?}");
 }
 
-/// An identity served while the CA Secret is broken: a `CaSecretValid=False` condition, gone again
-/// once the Secret is fixed; the certificate is kept.
-fn ca_secret_broken() -> Run {
-    let id = identity(serde_json::json!({}));
-    let (id, secret) = settled(&id);
+/// A settled identity observed with the CA Secret in the given state (its certificate is kept).
+fn observed_with_ca_secret(
+    id: &TlsIdentity,
+    secret: &Secret,
+    problem: Option<&str>,
+    now: jiff::Timestamp,
+) -> Run {
     let obs = Observed {
-        identity: &id,
-        secret: Some(&secret),
+        identity: id,
+        secret: Some(secret),
         password: KeystorePassword::NotRequested,
         ca: ca(),
-        ca_secret_problem: Some("tls.key: not a private key"),
-        now: t0() + secs(60),
+        ca_secret_problem: problem,
+        now,
     };
     let decision = decide(&obs);
     let Decision::Keep { info, renew_at } = decision.clone() else {
         panic!("{decision:?}")
     };
     let (content, keystore_problem) =
-        kept_content(&id, Some(&secret), ca(), &KeystorePassword::NotRequested);
+        kept_content(id, Some(secret), ca(), &KeystorePassword::NotRequested);
     let plan = finish(
         &obs,
         Outcome::Kept {
@@ -867,6 +869,19 @@ fn ca_secret_broken() -> Run {
     Run { decision, plan }
 }
 
+/// An identity served while the CA Secret is broken: a `CaSecretValid=False` condition, gone again
+/// once the Secret is fixed; the certificate is kept.
+fn ca_secret_broken() -> Run {
+    let id = identity(serde_json::json!({}));
+    let (id, secret) = settled(&id);
+    observed_with_ca_secret(
+        &id,
+        &secret,
+        Some("tls.key: not a private key"),
+        t0() + secs(60),
+    )
+}
+
 #[test]
 fn a_broken_ca_secret_shows_on_the_identities_until_fixed() {
     let broken = ca_secret_broken();
@@ -877,29 +892,7 @@ fn a_broken_ca_secret_shows_on_the_identities_until_fixed() {
     let mut id = identity(serde_json::json!({}));
     id.status = broken.plan.status.clone();
     let (_, secret) = settled(&identity(serde_json::json!({})));
-    let obs = Observed {
-        identity: &id,
-        secret: Some(&secret),
-        password: KeystorePassword::NotRequested,
-        ca: ca(),
-        ca_secret_problem: None,
-        now: t0() + secs(120),
-    };
-    let Decision::Keep { info, renew_at } = decide(&obs) else {
-        panic!("kept")
-    };
-    let (content, keystore_problem) =
-        kept_content(&id, Some(&secret), ca(), &KeystorePassword::NotRequested);
-    let plan = finish(
-        &obs,
-        Outcome::Kept {
-            info,
-            renew_at,
-            content,
-            keystore_problem,
-        },
-        DemoOutcome::default(),
-    );
-    let st = plan.status.expect("the condition is removed");
+    let fixed = observed_with_ca_secret(&id, &secret, None, t0() + secs(120));
+    let st = fixed.plan.status.expect("the condition is removed");
     assert!(st.conditions.iter().all(|c| c.type_ != CA_SECRET));
 }
