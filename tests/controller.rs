@@ -710,7 +710,7 @@ async fn demo_workloads_follow_spec_demo() {
         .args
         .clone()
         .unwrap();
-    let want = format!("shop.{}.svc.cluster.local:9443", env.ns);
+    let want = format!("shop.{}.svc.cluster.local.:9443", env.ns);
     assert!(
         client_args
             .windows(2)
