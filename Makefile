@@ -11,7 +11,7 @@ build: ## Build the tlsid binary (release).
 	cargo build --release --locked
 
 crds: ## Regenerate crds/, the chart's copy and deploy/ from the Rust types.
-	cargo run --quiet --locked -- crd > crds/tlsid.dev_tlsidentities.yaml
+	cargo run --quiet --locked -- crd --dir crds
 	hack/chart.sh update
 
 lint: ## cargo fmt --check and clippy with -D warnings.

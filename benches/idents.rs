@@ -641,10 +641,11 @@ async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     }
 }
 
-fn identity(prefix: &str, i: usize) -> TlsIdentity {
+/// A one-name identity: a Service name of its own namespace, which the built-in name rule permits.
+fn identity(prefix: &str, i: usize, ns: &str) -> TlsIdentity {
     let name = format!("{prefix}-{i:05}");
     let spec = TlsIdentitySpec {
-        dns_names: vec![format!("{name}.bench.svc")],
+        dns_names: vec![format!("{name}.{ns}.svc")],
         ..Default::default()
     };
     TlsIdentity::new(&name, spec)
@@ -684,7 +685,8 @@ async fn create_identities(
         .map(|i| {
             let api = api.clone();
             async move {
-                api.create(&PostParams::default(), &identity(prefix, i))
+                let ns = api.namespace().unwrap_or("default").to_string();
+                api.create(&PostParams::default(), &identity(prefix, i, &ns))
                     .await
             }
         })

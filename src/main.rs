@@ -30,8 +30,13 @@ enum LogFormat {
 enum Command {
     /// Run the TlsIdentity controller.
     Controller(ControllerArgs),
-    /// Print the TlsIdentity CustomResourceDefinition as YAML.
-    Crd,
+    /// Print the TlsIdentity CustomResourceDefinition as YAML, or write every CRD of tlsid
+    /// (TlsIdentity, TlsIdentityPolicy) into a directory.
+    Crd {
+        /// Write each CRD to `<dir>/<group>_<plural>.yaml` instead of printing TlsIdentity's.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// The mTLS demo workloads: a server and a client that reload rotated certificates.
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -91,6 +96,60 @@ struct ControllerArgs {
     /// The issuance budget's burst: certificates that may be signed at once before the rate applies.
     #[arg(long, env = "TLSID_ISSUANCE_BURST", default_value_t = tlsid::plan::budget::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..))]
     issuance_burst: u32,
+    /// Who may claim which name. `namespace`: an identity may claim its namespace's Service names
+    /// and SPIFFE IDs, plus what TlsIdentityPolicies grant its namespace. `any`: every identity
+    /// may claim any name, so any namespace can impersonate any other (not for shared clusters).
+    #[arg(long, env = "TLSID_NAME_POLICY", value_enum, default_value_t = NamePolicy::Namespace)]
+    name_policy: NamePolicy,
+    /// The cluster's DNS domain: Service names end in `.svc.<cluster-domain>`.
+    #[arg(long, env = "TLSID_CLUSTER_DOMAIN", default_value = tlsid::tenancy::DEFAULT_CLUSTER_DOMAIN, value_parser = parse_domain)]
+    cluster_domain: String,
+    /// The SPIFFE trust domain of identities (`spiffe://<trust-domain>/ns/<namespace>/...`).
+    /// Default: the cluster domain.
+    #[arg(long, env = "TLSID_TRUST_DOMAIN", value_parser = parse_domain)]
+    trust_domain: Option<String>,
+    /// Serve the TlsIdentity admission webhook (HTTPS) on this address, e.g. 0.0.0.0:9443.
+    #[arg(long, env = "TLSID_WEBHOOK_LISTEN", requires = "webhook_service")]
+    webhook_listen: Option<SocketAddr>,
+    /// The webhook's Service in --namespace. The leader keeps a TlsIdentity of that name for the
+    /// Service's DNS names; its Secret (`<name>-tls`) is the serving certificate, re-read on
+    /// every rotation.
+    #[arg(long, env = "TLSID_WEBHOOK_SERVICE")]
+    webhook_service: Option<String>,
+    /// Extra IP SANs of the webhook's certificate, for an apiserver that calls it by address
+    /// (development and tests; a TlsIdentityPolicy must grant them to --namespace).
+    #[arg(long, env = "TLSID_WEBHOOK_IP_ADDRESSES", value_delimiter = ',')]
+    webhook_ip_addresses: Vec<std::net::IpAddr>,
+    /// The ValidatingWebhookConfiguration whose caBundle the leader keeps equal to the CA's trust
+    /// bundle.
+    #[arg(long, env = "TLSID_WEBHOOK_CONFIGURATION")]
+    webhook_configuration: Option<String>,
+    /// Run the demo workloads of identities with `spec.demo` (needs the RBAC for Deployments and
+    /// Services). Off: such identities get a `Demo=False` condition and nothing is deployed.
+    #[arg(long, env = "TLSID_DEMO_WORKLOADS", default_value_t = true, action = clap::ArgAction::Set)]
+    demo_workloads: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum NamePolicy {
+    Namespace,
+    Any,
+}
+
+fn parse_domain(s: &str) -> Result<String, String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if s.len() <= 253 && s.split('.').all(label_ok) {
+        Ok(s.to_string())
+    } else {
+        Err("a domain is lowercase DNS labels separated by dots (e.g. cluster.local)".into())
+    }
 }
 
 fn parse_install(s: &str) -> Result<String, String> {
@@ -136,8 +195,16 @@ fn init_logging(format: LogFormat) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => {
+        Command::Crd { dir: None } => {
             print!("{}", tlsid::crd_yaml()?);
+            Ok(())
+        }
+        Command::Crd { dir: Some(dir) } => {
+            for (file, crd) in tlsid::crds() {
+                let path = dir.join(file);
+                std::fs::write(&path, tlsid::crd_file_yaml(&crd)?)
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
             Ok(())
         }
         Command::Controller(args) => {
@@ -187,7 +254,28 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         lease,
         issuance_rate: args.issuance_rate,
         issuance_burst: args.issuance_burst,
+        names: tlsid::tenancy::Settings {
+            trust_domain: args
+                .trust_domain
+                .unwrap_or_else(|| args.cluster_domain.clone()),
+            cluster_domain: args.cluster_domain,
+            restrict_to_namespace: args.name_policy == NamePolicy::Namespace,
+        },
+        webhook: args
+            .webhook_listen
+            .map(|listen| controller::webhook::WebhookConfig {
+                listen,
+                service: args.webhook_service.clone().unwrap_or_default(),
+                configuration: args.webhook_configuration.clone(),
+                ip_addresses: args.webhook_ip_addresses.clone(),
+            }),
+        demo_workloads: args.demo_workloads,
     };
+    if !config.names.restrict_to_namespace {
+        tracing::warn!(
+            "--name-policy=any: every TlsIdentity may claim any name, so any namespace can obtain a certificate for another's Services and SPIFFE IDs; use only where every namespace is trusted"
+        );
+    }
     tracing::info!(
         install = config.install,
         namespace = config.namespace,
@@ -196,6 +284,10 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         "starting tlsid controller"
     );
     let ctx = Arc::new(Context::new(client, config));
+    let webhook = ctx.config.webhook.clone().map(|w| {
+        let ctx = ctx.clone();
+        tokio::spawn(controller::webhook::serve(w, ctx))
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(controller::server::serve(
         args.listen,
@@ -207,6 +299,9 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     ));
     // The controller drains in-flight reconciles on SIGTERM/SIGINT, then returns.
     controller::run(ctx).await?;
+    if let Some(w) = webhook {
+        w.abort();
+    }
     let _ = stop_tx.send(true);
     let _ = server.await;
     Ok(())

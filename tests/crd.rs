@@ -3,12 +3,15 @@
 #[test]
 fn committed_crd_matches_the_rust_types() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let generated = tlsid::crd_yaml().expect("generate CRD");
-    for path in [
-        "crds/tlsid.dev_tlsidentities.yaml",
-        "charts/tlsid/files/crds/tlsid.dev_tlsidentities.yaml",
-    ] {
-        let committed = std::fs::read_to_string(format!("{root}/{path}")).expect(path);
-        assert!(committed == generated, "{path} is stale: run `make crds`");
+    for (file, crd) in tlsid::crds() {
+        let generated = tlsid::crd_file_yaml(&crd).expect("generate CRD");
+        for dir in ["crds", "charts/tlsid/files/crds"] {
+            let path = format!("{root}/{dir}/{file}");
+            let committed = std::fs::read_to_string(&path).expect(&path);
+            assert!(
+                committed == generated,
+                "{dir}/{file} is stale: run `make crds`"
+            );
+        }
     }
 }

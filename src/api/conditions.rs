@@ -26,6 +26,9 @@ pub enum Reason {
     InvalidSpec,
     /// The object could not be read at all (a value the controller cannot represent).
     UnreadableObject,
+    /// The identity asks for names its namespace may not claim (the built-in rule and every
+    /// `TlsIdentityPolicy`); nothing is issued or renewed until they are permitted.
+    NotPermitted,
     /// The Secret exists and belongs to someone else; tlsid leaves it alone.
     SecretConflict,
     /// The apiserver refused the Secret write (403, 422, an immutable Secret, an admission policy);
@@ -57,6 +60,8 @@ pub enum Reason {
     DemoConflict,
     /// Applying the demo workload failed; the message carries the apiserver's answer.
     DemoFailed,
+    /// This install runs no demo workloads (`--demo-workloads=false`, chart `demo.enabled=false`).
+    DemoDisabled,
 }
 
 impl Reason {
@@ -65,6 +70,7 @@ impl Reason {
         Reason::Renewed,
         Reason::InvalidSpec,
         Reason::UnreadableObject,
+        Reason::NotPermitted,
         Reason::SecretConflict,
         Reason::SecretRejected,
         Reason::KeystorePasswordMissing,
@@ -78,6 +84,7 @@ impl Reason {
         Reason::ServerNotFound,
         Reason::DemoConflict,
         Reason::DemoFailed,
+        Reason::DemoDisabled,
     ];
 
     /// The CamelCase string shown in conditions, Events and metric labels.
@@ -87,6 +94,7 @@ impl Reason {
             Reason::Renewed => "Renewed",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::UnreadableObject => "UnreadableObject",
+            Reason::NotPermitted => "NotPermitted",
             Reason::SecretConflict => "SecretConflict",
             Reason::SecretRejected => "SecretRejected",
             Reason::KeystorePasswordMissing => "KeystorePasswordMissing",
@@ -100,6 +108,7 @@ impl Reason {
             Reason::ServerNotFound => "ServerNotFound",
             Reason::DemoConflict => "DemoConflict",
             Reason::DemoFailed => "DemoFailed",
+            Reason::DemoDisabled => "DemoDisabled",
         }
     }
 }

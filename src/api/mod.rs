@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 pub mod conditions;
 mod duration;
 mod lenient;
+mod policy;
 mod schema;
+
+pub use policy::{TlsIdentityPolicy, TlsIdentityPolicySpec};
 
 pub use duration::{DurationError, GoDuration, MAX_GO_DURATION};
 
@@ -146,9 +149,17 @@ pub struct TlsIdentitySpec {
     pub ip_addresses: Vec<String>,
 
     /// URI subject alternative names, e.g. a SPIFFE ID `spiffe://cluster.local/ns/default/sa/web`.
+    /// The built-in name policy permits SPIFFE IDs in this identity's namespace
+    /// (`spiffe://<trustDomain>/ns/<namespace>/...`); others need a `TlsIdentityPolicy`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::uris")]
     pub uris: Vec<String>,
+
+    /// Add the SPIFFE ID of a ServiceAccount in this namespace as a URI SAN:
+    /// `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>`, with the install's trust
+    /// domain (default `cluster.local`), so it need not be typed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe: Option<SpiffeSpec>,
 
     /// What the certificate may be used for: `server` (TLS server authentication) and/or
     /// `client` (TLS client authentication). Defaults to both.
@@ -200,6 +211,15 @@ pub struct TlsIdentitySpec {
     /// Removing this field removes the workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub demo: Option<DemoSpec>,
+}
+
+/// A SPIFFE ID derived from a ServiceAccount.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpiffeSpec {
+    /// Name of a ServiceAccount in the identity's namespace (it need not exist).
+    #[schemars(schema_with = "schema::service_account_name")]
+    pub service_account: String,
 }
 
 /// What happens to an identity's Secret when the identity is deleted.
@@ -268,6 +288,10 @@ pub enum Pkcs12ProfileName {
 #[x_kube(
     validation = Rule::new("self.role == 'client' ? has(self.server) && self.server != '' : !has(self.server)")
         .message("demo.server (the server's TlsIdentity name) is required for clients and not allowed for servers"),
+    validation = Rule::new("self.role == 'client' || !has(self.serverNamespace)")
+        .message("demo.serverNamespace is for clients"),
+    validation = Rule::new("self.role == 'server' || !has(self.allowedClients)")
+        .message("demo.allowedClients is for servers"),
     validation = schema::rule_demo_interval(),
     validation = schema::rule_demo_port(),
 )]
@@ -284,11 +308,22 @@ pub struct DemoSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1024, max = 65535))]
     pub port: Option<i32>,
-    /// For clients: the name of the server's TlsIdentity in the same namespace. Its Service is
-    /// `<server>.<namespace>.svc`, and the client verifies the server certificate for that name.
+    /// For clients: the name of the server's TlsIdentity (in `serverNamespace`). Its Service is
+    /// `<server>.<serverNamespace>.svc`, and the client verifies the server certificate for that name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
     pub server: Option<String>,
+    /// For clients: the namespace of the server's TlsIdentity. Default: this identity's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub server_namespace: Option<String>,
+    /// For servers: the clients allowed in after the mTLS handshake, by SPIFFE ID (a URI SAN of
+    /// the client certificate): exact, a prefix ending in `*`, or `*` alone for every client whose
+    /// certificate the trust bundle verifies. Default: SPIFFE IDs in this namespace,
+    /// `spiffe://<trustDomain>/ns/<namespace>/*`. Other clients get HTTP 403.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::allowed_clients_opt")]
+    pub allowed_clients: Option<Vec<String>>,
     /// For clients: time between handshakes, as a Go duration. Default `2s`, between `100ms` and `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::duration")]

@@ -296,3 +296,67 @@ pub fn conditions(_: &mut SchemaGenerator) -> Schema {
         }
     })
 }
+
+// === TlsIdentityPolicy ===
+
+pub fn policy_dns_names(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 256,
+        "items": { "type": "string", "maxLength": 253 },
+        "x-kubernetes-validations": [{
+            "rule": format!("self.all(n, n.matches('{}'))", DNS_NAME_RE.replace('\\', "\\\\")),
+            "message": "dnsNames must be lowercase RFC 1123 DNS names, or '*.' followed by one (e.g. *.example.com)"
+        }]
+    })
+}
+
+pub fn policy_cidrs(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 256,
+        "items": { "type": "string", "maxLength": 49 },
+        "x-kubernetes-validations": [{
+            "rule": "self.all(c, isCIDR(c))",
+            "message": "ipAddresses must be CIDR ranges (e.g. 10.0.0.0/8, 127.0.0.1/32, fd00::/8)"
+        }]
+    })
+}
+
+pub fn policy_uris(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 256,
+        "items": { "type": "string", "maxLength": 2048 },
+        "x-kubernetes-validations": [{
+            "rule": "self.all(u, u.contains('://') && (u.endsWith('*') ? u.indexOf('*') == size(u) - 1 : !u.contains('*')))",
+            "message": "uris must be absolute URIs with a scheme, optionally ending in '*' to grant a prefix (e.g. spiffe://cluster.local/ns/ingress/*)"
+        }]
+    })
+}
+
+/// A ServiceAccount name (a DNS subdomain).
+pub fn service_account_name(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 253,
+        "x-kubernetes-validations": [{
+            "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",
+            "message": "spiffe.serviceAccount must be a ServiceAccount name (a lowercase RFC 1123 subdomain)"
+        }]
+    })
+}
+
+/// `demo.allowedClients`: SPIFFE IDs, exact or a prefix ending in `*`, or `*` alone.
+pub fn allowed_clients_opt(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 32,
+        "items": { "type": "string", "maxLength": 2048 },
+        "x-kubernetes-validations": [{
+            "rule": "self.all(p, p == '*' || (p.contains('://') && (p.endsWith('*') ? p.indexOf('*') == size(p) - 1 : !p.contains('*'))))",
+            "message": "allowedClients are URIs (SPIFFE IDs), optionally ending in '*' to allow a prefix, or '*' alone to allow every client tlsid issued"
+        }]
+    })
+}

@@ -35,6 +35,19 @@ pub async fn reconcile(obj: &TlsIdentity, ctx: &Context) -> DemoOutcome {
     if obj.spec.demo.is_none() && !had_demo {
         return DemoOutcome::default();
     }
+    if !ctx.config.demo_workloads {
+        // No RBAC for Deployments and Services in this install: say so, touch nothing.
+        return DemoOutcome {
+            condition: obj.spec.demo.as_ref().map(|_| {
+                (
+                    false,
+                    Reason::DemoDisabled,
+                    "this install runs no demo workloads (chart value demo.enabled=false)".into(),
+                )
+            }),
+            recheck: None,
+        };
+    }
     match apply(obj, ctx).await {
         Ok(outcome) => outcome,
         Err(DemoError::Conflict(msg)) => DemoOutcome {
@@ -71,19 +84,23 @@ async fn apply(obj: &TlsIdentity, ctx: &Context) -> Result<DemoOutcome, DemoErro
         DemoRole::Server => None,
         DemoRole::Client => {
             let server_name = demo.server.clone().unwrap_or_default();
-            let ids = Api::<TlsIdentity>::namespaced(ctx.client.clone(), &ns);
+            let server_ns = demo.server_namespace.clone().unwrap_or_else(|| ns.clone());
+            let ids = Api::<TlsIdentity>::namespaced(ctx.client.clone(), &server_ns);
             let server = ids.get_opt(&server_name).await.map_err(DemoError::Api)?;
             let port = server
                 .as_ref()
                 .and_then(|s| s.spec.demo.as_ref()?.port)
                 .or(demo.port)
                 .unwrap_or(build::DEFAULT_PORT);
-            match server.as_ref().and_then(|s| build::server_target(s, port)) {
+            match server
+                .as_ref()
+                .and_then(|s| build::server_target(s, port, &ctx.config.names.cluster_domain))
+            {
                 Some(t) => Some(t),
                 None => {
                     let msg = match server {
                         None => format!(
-                            "server TlsIdentity {server_name:?} does not exist in namespace {ns}"
+                            "server TlsIdentity {server_name:?} does not exist in namespace {server_ns}"
                         ),
                         Some(_) => {
                             format!("server TlsIdentity {server_name:?} has no dnsNames to verify")
@@ -98,7 +115,13 @@ async fn apply(obj: &TlsIdentity, ctx: &Context) -> Result<DemoOutcome, DemoErro
         }
     };
 
-    let deployment = build::desired_deployment(obj, demo, &ctx.config.demo_image, target.as_ref());
+    let deployment = build::desired_deployment(
+        obj,
+        demo,
+        &ctx.config.demo_image,
+        target.as_ref(),
+        &ctx.config.names,
+    );
     apply_owned(&ctx.metrics, &deployments, deployment, &uid).await?;
     if demo.role == DemoRole::Server {
         apply_owned(

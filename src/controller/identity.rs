@@ -87,6 +87,15 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
     // --- observe: every read, once.
     let ca = ctx.ca().ok_or(Error::CaNotReady)?;
     let ns = identity.namespace().unwrap_or_default();
+    let namespace_labels = match ctx.names.namespace_labels(&ns) {
+        Ok(labels) => labels,
+        // Policies and namespaces not listed yet, or this namespace's watch event still on its
+        // way: deciding now could refuse names a policy grants.
+        Err(why) => {
+            debug!(?why, "name policy not known yet; looking again shortly");
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+    };
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
     let read = |what| {
         move |source| Error::Read {
@@ -103,12 +112,18 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
         .await
         .map_err(read("its keystore password"))?;
     let ca_problem = ctx.ca_secret_problem();
+    let grants = ctx.names.grants();
     let obs = Observed {
         identity,
         secret: secret.as_ref(),
         password,
         ca: &ca,
         ca_secret_problem: ca_problem.as_deref(),
+        names: crate::tenancy::NamePolicy {
+            settings: &ctx.names.settings,
+            grants: &grants,
+        },
+        namespace_labels: &namespace_labels,
         now: now(),
     };
 

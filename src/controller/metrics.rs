@@ -64,6 +64,10 @@ pub struct Metrics {
     pub budget_waiting: Gauge<i64, AtomicI64>,
     /// 1 while the CA Secret holds a usable CA, 0 while the last good CA signs in its place.
     pub ca_secret_valid: Gauge<i64, AtomicI64>,
+    /// 1 while the built-in name rule is enforced; 0 when the install lets any identity claim any name.
+    pub name_policy_enforced: Gauge<i64, AtomicI64>,
+    /// Admission reviews answered by the webhook, by decision.
+    pub admission_reviews: Family<ReasonLabels, Counter>,
     /// The identities that have per-identity series, so they can be removed with the identity.
     known: Mutex<BTreeSet<(String, String)>>,
 }
@@ -90,6 +94,8 @@ impl Default for Metrics {
             budget_waits: Counter::default(),
             budget_waiting: Gauge::default(),
             ca_secret_valid: Gauge::default(),
+            name_policy_enforced: Gauge::default(),
+            admission_reviews: Family::default(),
             known: Mutex::default(),
             registry: Registry::default(),
         };
@@ -172,6 +178,16 @@ impl Default for Metrics {
             "ca_secret_valid",
             "1 while the CA Secret holds a usable CA; 0 while it does not and the last good CA keeps signing",
             m.ca_secret_valid.clone(),
+        );
+        registry.register(
+            "name_policy_enforced",
+            "1 while identities may claim only names of their namespace or granted by a TlsIdentityPolicy; 0 when any identity may claim any name",
+            m.name_policy_enforced.clone(),
+        );
+        registry.register(
+            "admission_reviews",
+            "TlsIdentity admission reviews answered by the webhook, by reason (Allowed, NotPermitted, Invalid, NotReady)",
+            m.admission_reviews.clone(),
         );
         Self { registry, ..m }
     }

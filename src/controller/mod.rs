@@ -11,7 +11,9 @@ pub mod error;
 mod identity;
 pub mod leader;
 pub mod metrics;
+pub mod names;
 pub mod server;
+pub mod webhook;
 
 pub use error::Error;
 
@@ -66,6 +68,12 @@ pub struct Config {
     /// The issuance budget: certificates per second, and burst.
     pub issuance_rate: f64,
     pub issuance_burst: u32,
+    /// Who may claim which name: the built-in rule's settings.
+    pub names: crate::tenancy::Settings,
+    /// The admission webhook, when served.
+    pub webhook: Option<webhook::WebhookConfig>,
+    /// Run demo workloads (`spec.demo`); off, the install needs no RBAC for Deployments/Services.
+    pub demo_workloads: bool,
 }
 
 /// Shared state, built once in `run`.
@@ -78,12 +86,16 @@ pub struct Context {
     /// Why the CA Secret is unusable while the last good CA signs (shown on identities).
     ca_problem: RwLock<Option<String>>,
     pub ready: AtomicBool,
+    /// The webhook has a serving certificate (always true when no webhook is served).
+    pub webhook_ready: AtomicBool,
     /// Consecutive errors per object (those that cannot be recorded in its status), for backoff.
     failures: Mutex<HashMap<String, i32>>,
     pub leadership: leader::Leadership,
     /// The install's issuance budget (used by the leader), on a monotonic clock from `started`.
     budget: Mutex<crate::plan::budget::Budget>,
     started: std::time::Instant,
+    /// The name policy in force: settings, grants, namespace labels.
+    pub names: Arc<names::Names>,
 }
 
 impl Context {
@@ -100,7 +112,13 @@ impl Context {
         let budget = crate::plan::budget::Budget::new(config.issuance_rate, config.issuance_burst);
         let metrics = Metrics::default();
         metrics.ca_secret_valid.set(1);
+        metrics
+            .name_policy_enforced
+            .set(i64::from(config.names.restrict_to_namespace));
+        let names = Arc::new(names::Names::new(config.names.clone()));
+        let no_webhook = config.webhook.is_none();
         Self {
+            names,
             recorder: Recorder::new(client.clone(), reporter),
             client,
             config,
@@ -108,6 +126,7 @@ impl Context {
             ca: RwLock::new(None),
             ca_problem: RwLock::new(None),
             ready: AtomicBool::new(false),
+            webhook_ready: AtomicBool::new(no_webhook),
             failures: Mutex::default(),
             leadership,
             budget: Mutex::new(budget),
@@ -331,7 +350,14 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     let (reconcile_all_tx, reconcile_all_rx) = futures::channel::mpsc::channel::<()>(1);
     let ca_task = tokio::spawn(ca::watch(ctx.clone(), reconcile_all_tx.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let leader_task = tokio::spawn(leader::run(ctx.clone(), reconcile_all_tx, stop_rx));
+    let leader_task = tokio::spawn(leader::run(ctx.clone(), reconcile_all_tx.clone(), stop_rx));
+    let policy_task = ctx.config.names.restrict_to_namespace.then(|| {
+        tokio::spawn(names::watch_policies(
+            client.clone(),
+            ctx.names.clone(),
+            reconcile_all_tx,
+        ))
+    });
 
     let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
     let store = writer.as_reader();
@@ -369,7 +395,34 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         .applied_objects();
 
     let secret_ar = ar.clone();
+    let (ns_ar, ns_store) = (ar.clone(), store.clone());
+    let namespaces = if ctx.config.names.restrict_to_namespace {
+        names::watch_namespaces(
+            client.clone(),
+            ctx.names.clone(),
+            ctx.config.watch_namespace.as_deref(),
+        )
+        .left_stream()
+    } else {
+        futures::stream::empty().right_stream()
+    };
     let controller = Controller::for_stream_with(stream, store.clone(), ar.clone())
+        // A namespace's labels decide which policies grant its identities names: a change
+        // re-checks the identities inside it.
+        .watches_stream_with(
+            namespaces,
+            move |n: PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>| {
+                let ns = n.name_any();
+                let ar = ns_ar.clone();
+                ns_store
+                    .state()
+                    .into_iter()
+                    .filter(|o| o.namespace().as_deref() == Some(ns.as_str()))
+                    .map(|o| ObjectRef::new_with(&o.name_any(), ar.clone()).within(&ns))
+                    .collect::<Vec<_>>()
+            },
+            (),
+        )
         // Secret metadata only: a foreign Secret wearing tlsid's label costs its metadata, never
         // its data. A Secret maps to the identity its label names.
         .watches_stream_with(
@@ -386,16 +439,23 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
             },
             (),
         )
-        .owns_stream(
+        // Demo workloads: watched only when this install runs them (and has the RBAC to).
+        .owns_stream(if ctx.config.demo_workloads {
             watcher(deployments, managed.clone())
                 .backoff(WatchBackoff::new())
-                .touched_objects(),
-        )
-        .owns_stream(
+                .touched_objects()
+                .left_stream()
+        } else {
+            futures::stream::empty().right_stream()
+        })
+        .owns_stream(if ctx.config.demo_workloads {
             watcher(services, managed)
                 .backoff(WatchBackoff::new())
-                .touched_objects(),
-        )
+                .touched_objects()
+                .left_stream()
+        } else {
+            futures::stream::empty().right_stream()
+        })
         .with_config(
             kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
         )
@@ -416,7 +476,13 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
                 tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await,
                 Ok(Ok(()))
             );
-            if synced && ready_ctx.ca().is_some() {
+            if synced
+                && ready_ctx.ca().is_some()
+                && ready_ctx.names.synced()
+                && ready_ctx
+                    .webhook_ready
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -437,6 +503,9 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         })
         .await;
     ca_task.abort();
+    if let Some(task) = policy_task {
+        task.abort();
+    }
     // Hand the Lease over (released, not left to expire) so a standby takes over at once.
     let _ = stop_tx.send(true);
     let _ = leader_task.await;

@@ -24,6 +24,7 @@ use crate::{
         PolicyInput, ReissueReason,
     },
     resources::{self, SecretContent},
+    tenancy,
 };
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
 use status::{BACKOFF_CAP, CAPPED_ATTEMPTS, failure_backoff, ready_reason, set_condition};
@@ -78,6 +79,10 @@ pub struct Observed<'a> {
     pub ca: &'a Authority,
     /// Why the CA Secret is unusable, while the last good CA (`ca`) signs in its place.
     pub ca_secret_problem: Option<&'a str>,
+    /// Who may claim which name: the install's settings and every `TlsIdentityPolicy`.
+    pub names: tenancy::NamePolicy<'a>,
+    /// The labels of the identity's namespace (policies select namespaces by label).
+    pub namespace_labels: &'a std::collections::BTreeMap<String, String>,
     /// Whole seconds: certificates and status timestamps carry no more.
     pub now: jiff::Timestamp,
 }
@@ -134,7 +139,7 @@ pub enum Decision {
 /// Decide what to do about the certificate of `obs.identity`.
 pub fn decide(obs: &Observed<'_>) -> Decision {
     let old = obs.status();
-    let request = match IssuanceRequest::from_spec(&obs.identity.spec) {
+    let mut request = match IssuanceRequest::from_spec(&obs.identity.spec) {
         Ok(r) => r,
         Err(invalid) => {
             return Decision::Blocked {
@@ -143,6 +148,33 @@ pub fn decide(obs: &Observed<'_>) -> Decision {
             };
         }
     };
+    // Names come before the Secret: a refused identity gets no Secret, and one whose names stop
+    // being permitted is not renewed (its Secret is left as it is, valid until it expires).
+    let namespace = obs
+        .identity
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or_default();
+    if let Some(spiffe) = &obs.identity.spec.spiffe {
+        request.uris.insert(
+            obs.names
+                .settings
+                .spiffe_id(namespace, &spiffe.service_account),
+        );
+    }
+    let ns = tenancy::Namespace {
+        name: namespace,
+        labels: obs.namespace_labels,
+    };
+    if let Err(refusal) = obs.names.check(ns, &obs.identity.spec) {
+        return Decision::Blocked {
+            reason: Reason::NotPermitted,
+            message: format!(
+                "{refusal}. Nothing is issued or renewed for this identity until its names are permitted."
+            ),
+        };
+    }
     if let Some(secret) = obs.secret
         && obs.own_secret().is_none()
     {

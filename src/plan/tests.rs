@@ -30,6 +30,20 @@ fn short_ca(lifetime: i64) -> Authority {
     Authority::generate_root(start).unwrap()
 }
 
+/// The built-in name rule with no grants: every case's names are in namespace `team`.
+fn names() -> crate::tenancy::NamePolicy<'static> {
+    static SETTINGS: OnceLock<crate::tenancy::Settings> = OnceLock::new();
+    crate::tenancy::NamePolicy {
+        settings: SETTINGS.get_or_init(Default::default),
+        grants: &[],
+    }
+}
+
+fn no_labels() -> &'static std::collections::BTreeMap<String, String> {
+    static LABELS: OnceLock<std::collections::BTreeMap<String, String>> = OnceLock::new();
+    LABELS.get_or_init(Default::default)
+}
+
 fn identity(spec: serde_json::Value) -> TlsIdentity {
     let mut spec = spec;
     if spec.get("dnsNames").is_none() {
@@ -63,6 +77,8 @@ fn run_with(
         password,
         ca,
         ca_secret_problem: None,
+        names: names(),
+        namespace_labels: no_labels(),
         now,
     };
     let decision = decide(&obs);
@@ -381,6 +397,73 @@ fn an_invalid_spec_is_reported_once_and_waits_for_a_change() {
 }
 
 #[test]
+fn foreign_names_are_not_permitted_reported_once_and_never_signed() {
+    let id = identity(serde_json::json!({"dnsNames": ["web.team.svc", "payments.prod.svc"]}));
+    let r = run(&id, None, t0());
+    let Decision::Blocked {
+        reason: Reason::NotPermitted,
+        message,
+    } = &r.decision
+    else {
+        panic!("{:?}", r.decision)
+    };
+    assert!(
+        message.starts_with("dnsNames[1] \"payments.prod.svc\" is outside namespace team"),
+        "{message}"
+    );
+    assert_eq!(cond(&r, READY), ("False", "NotPermitted"));
+    assert_eq!(reasons(&r), vec![(true, "NotPermitted".into())]);
+    assert!(r.plan.secret.is_none(), "no Secret for a refused identity");
+    assert_eq!(
+        r.plan.requeue, None,
+        "no retry loop: waits for the identity or a policy to change"
+    );
+    let (id, _) = after(&id, None, &r);
+    let again = run(&id, None, t0() + secs(60));
+    assert!(again.plan.status.is_none() && again.plan.events.is_empty());
+}
+
+#[test]
+fn names_that_stop_being_permitted_are_not_renewed_and_say_so() {
+    let id = identity(serde_json::json!({"dnsNames": ["web.team.svc"]}));
+    let (mut id, secret) = settled(&id);
+    // The same names, now seen from another namespace (as if a grant went away).
+    id.metadata.namespace = Some("elsewhere".into());
+    let serial = secret.metadata.annotations.as_ref().unwrap()[SERIAL_ANNOTATION].clone();
+    for now in [t0() + secs(60), t0() + secs(23 * 3600)] {
+        let r = run(&id, Some(&secret), now);
+        assert!(
+            matches!(
+                r.decision,
+                Decision::Blocked {
+                    reason: Reason::NotPermitted,
+                    ..
+                }
+            ),
+            "{:?}",
+            r.decision
+        );
+        assert!(
+            r.plan.secret.is_none(),
+            "the Secret ({serial}) is left as it is"
+        );
+        assert_eq!(cond(&r, READY), ("False", "NotPermitted"));
+    }
+}
+
+#[test]
+fn spiffe_service_account_becomes_a_uri_san_of_the_namespace() {
+    let id = identity(serde_json::json!({"spiffe": {"serviceAccount": "web"}}));
+    let Decision::Issue { request, .. } = run(&id, None, t0()).decision else {
+        panic!("issues")
+    };
+    assert_eq!(
+        request.uris.iter().collect::<Vec<_>>(),
+        ["spiffe://cluster.local/ns/team/sa/web"]
+    );
+}
+
+#[test]
 fn a_foreign_secret_is_a_conflict_and_never_written() {
     let id = identity(serde_json::json!({}));
     let foreign = Secret {
@@ -422,6 +505,8 @@ fn failed(id: &TlsIdentity, reason: Reason, persistent: bool, now: jiff::Timesta
         password: KeystorePassword::NotRequested,
         ca: ca(),
         ca_secret_problem: None,
+        names: names(),
+        namespace_labels: no_labels(),
         now,
     };
     Run {
@@ -504,6 +589,8 @@ fn a_failed_renewal_keeps_a_valid_certificate_ready() {
         password: KeystorePassword::NotRequested,
         ca: ca(),
         ca_secret_problem: None,
+        names: names(),
+        namespace_labels: no_labels(),
         now: t0() + secs(3600),
     };
     let plan = finish(
@@ -762,6 +849,11 @@ fn every_reason_is_reachable_from_the_decision() {
     ));
     let foreign = Secret::default();
     note(&run(&id, Some(&foreign), t0()));
+    note(&run(
+        &identity(serde_json::json!({"dnsNames": ["bank.com"]})),
+        None,
+        t0(),
+    ));
     for (reason, persistent) in [
         (Reason::SecretRejected, true),
         (Reason::SecretWriteFailed, false),
@@ -792,6 +884,7 @@ fn every_reason_is_reachable_from_the_decision() {
         Reason::ServerNotFound,
         Reason::DemoConflict,
         Reason::DemoFailed,
+        Reason::DemoDisabled,
     ] {
         let demo = DemoOutcome {
             condition: Some((reason == Reason::Applied, reason, "x".into())),
@@ -848,6 +941,8 @@ fn observed_with_ca_secret(
         password: KeystorePassword::NotRequested,
         ca: ca(),
         ca_secret_problem: problem,
+        names: names(),
+        namespace_labels: no_labels(),
         now,
     };
     let decision = decide(&obs);

@@ -3,6 +3,7 @@
 //! a Service in front of servers.
 
 use crate::api::{DemoRole, DemoSpec, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TlsIdentity};
+use crate::tenancy::Settings;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
@@ -37,7 +38,11 @@ pub struct ServerTarget {
 
 /// The target for a client whose server identity is `server`: its Service DNS name, verified as
 /// the first of the server's DNS SANs that names that Service (else its first DNS SAN).
-pub fn server_target(server: &TlsIdentity, port: i32) -> Option<ServerTarget> {
+pub fn server_target(
+    server: &TlsIdentity,
+    port: i32,
+    cluster_domain: &str,
+) -> Option<ServerTarget> {
     let ns = server.namespace()?;
     let svc = format!("{}.{ns}.svc", server.name_any());
     let server_name = server
@@ -51,7 +56,7 @@ pub fn server_target(server: &TlsIdentity, port: i32) -> Option<ServerTarget> {
     // some networks include a wildcard domain that answers for anything (a client that started
     // before the server's Service existed connected to a stranger and failed its handshake).
     Some(ServerTarget {
-        address: format!("{svc}.cluster.local.:{port}"),
+        address: format!("{svc}.{cluster_domain}.:{port}"),
         server_name,
     })
 }
@@ -84,12 +89,24 @@ fn meta(identity: &TlsIdentity, name: String, role: DemoRole) -> ObjectMeta {
     }
 }
 
+/// The clients a demo server lets in after the handshake: `demo.allowedClients`, by default
+/// every SPIFFE ID of its own namespace.
+pub fn allowed_clients(identity: &TlsIdentity, demo: &DemoSpec, names: &Settings) -> Vec<String> {
+    demo.allowed_clients.clone().unwrap_or_else(|| {
+        vec![format!(
+            "{}*",
+            names.spiffe_prefix(&identity.namespace().unwrap_or_default())
+        )]
+    })
+}
+
 /// The Deployment. `target` is required for clients.
 pub fn desired_deployment(
     identity: &TlsIdentity,
     demo: &DemoSpec,
     image: &str,
     target: Option<&ServerTarget>,
+    names: &Settings,
 ) -> Deployment {
     let port = demo.port.unwrap_or(DEFAULT_PORT);
     let mut args: Vec<String> = vec!["demo".into()];
@@ -100,6 +117,9 @@ pub fn desired_deployment(
                 "--listen".into(),
                 format!("0.0.0.0:{port}"),
             ]);
+            for pattern in allowed_clients(identity, demo, names) {
+                args.extend(["--allow-client".into(), pattern]);
+            }
         }
         DemoRole::Client => {
             args.push("client".into());
@@ -302,7 +322,13 @@ mod tests {
             ..Default::default()
         };
         let server = id("orders", &["orders.shop.svc"], demo.clone());
-        let d = desired_deployment(&server, &demo, "docker.io/library/tlsid:dev", None);
+        let d = desired_deployment(
+            &server,
+            &demo,
+            "docker.io/library/tlsid:dev",
+            None,
+            &Settings::default(),
+        );
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let c = &pod.containers[0];
         assert_eq!(
@@ -365,7 +391,7 @@ mod tests {
             &["orders.example.com", "orders.shop.svc.cluster.local"],
             sdemo,
         );
-        let t = server_target(&server, 8443).unwrap();
+        let t = server_target(&server, 8443, "cluster.local").unwrap();
         assert_eq!(t.address, "orders.shop.svc.cluster.local.:8443");
         assert_eq!(
             t.server_name, "orders.shop.svc.cluster.local",
@@ -378,7 +404,7 @@ mod tests {
             ..Default::default()
         };
         let client = id("billing", &["billing.shop.svc"], cdemo.clone());
-        let d = desired_deployment(&client, &cdemo, "img", Some(&t));
+        let d = desired_deployment(&client, &cdemo, "img", Some(&t), &Settings::default());
         let args = d.spec.unwrap().template.spec.unwrap().containers[0]
             .args
             .clone()
@@ -397,14 +423,14 @@ mod tests {
             ..Default::default()
         };
         let server = id("orders", &["orders.shop.svc"], demo.clone());
-        let a = desired_deployment(&server, &demo, "img:1", None);
+        let a = desired_deployment(&server, &demo, "img:1", None, &Settings::default());
         assert!(up_to_date(
             &a,
-            &desired_deployment(&server, &demo, "img:1", None)
+            &desired_deployment(&server, &demo, "img:1", None, &Settings::default())
         ));
         assert!(!up_to_date(
             &a,
-            &desired_deployment(&server, &demo, "img:2", None)
+            &desired_deployment(&server, &demo, "img:2", None, &Settings::default())
         ));
     }
 }

@@ -135,25 +135,61 @@ pub fn start_profile(name: &str) -> PathBuf {
 }
 
 async fn install_crd(client: &Client) {
-    let path = repo().join("crds/tlsid.dev_tlsidentities.yaml");
-    let yaml = std::fs::read_to_string(&path).expect("read crds/");
-    let crd: CustomResourceDefinition =
-        serde_yaml_ng::from_str(yaml.trim_start_matches("---\n")).expect("parse CRD");
-    let api = Api::<CustomResourceDefinition>::all(client.clone());
-    api.patch(
-        &crd.name_any(),
-        &PatchParams::apply("tlsid-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("apply CRD from crds/");
-    tokio::time::timeout(
-        TIMEOUT,
-        await_condition(api, &crd.name_any(), conditions::is_crd_established()),
-    )
-    .await
-    .expect("CRD established in time")
-    .expect("watch CRD");
+    for file in [
+        "crds/tlsid.dev_tlsidentities.yaml",
+        "crds/tlsid.dev_tlsidentitypolicies.yaml",
+    ] {
+        let yaml = std::fs::read_to_string(repo().join(file)).expect("read crds/");
+        let crd: CustomResourceDefinition =
+            serde_yaml_ng::from_str(yaml.trim_start_matches("---\n")).expect("parse CRD");
+        let api = Api::<CustomResourceDefinition>::all(client.clone());
+        api.patch(
+            &crd.name_any(),
+            &PatchParams::apply("tlsid-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply CRD from crds/");
+        tokio::time::timeout(
+            TIMEOUT,
+            await_condition(api, &crd.name_any(), conditions::is_crd_established()),
+        )
+        .await
+        .expect("CRD established in time")
+        .expect("watch CRD");
+    }
+    test_grants(client).await;
+}
+
+/// Label of the namespaces [`namespace`] creates, which the [`TEST_GRANTS`] policy selects.
+pub const TEST_GRANTS_LABEL: &str = "tlsid.dev/test-grants";
+/// A TlsIdentityPolicy granting the names the suites use that no namespace's built-in rule
+/// permits (`*.ns.svc` stands for "some Service", `localhost`/`127.0.0.1` for the interop
+/// peers on this host), to the namespaces [`namespace`] creates. The tenancy suite uses
+/// namespaces without the label.
+pub const TEST_GRANTS: &str = "tlsid-tests";
+
+async fn test_grants(client: &Client) {
+    let policy: tlsid::api::TlsIdentityPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tlsid.dev/v1alpha1",
+        "kind": "TlsIdentityPolicy",
+        "metadata": {"name": TEST_GRANTS},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {TEST_GRANTS_LABEL: "true"}},
+            "dnsNames": ["*.ns.svc", "*.ns.svc.cluster.local", "localhost"],
+            "ipAddresses": ["127.0.0.0/8", "10.0.0.0/8", "::1/128"],
+            "uris": ["spiffe://cluster.local/*"],
+        }
+    }))
+    .unwrap();
+    Api::<tlsid::api::TlsIdentityPolicy>::all(client.clone())
+        .patch(
+            TEST_GRANTS,
+            &PatchParams::apply("tlsid-tests").force(),
+            &Patch::Apply(&policy),
+        )
+        .await
+        .expect("apply the tests' TlsIdentityPolicy");
 }
 
 /// Apply the chart's ClusterRole, ClusterRoleBinding and leader-election rules (from
@@ -319,15 +355,22 @@ impl Cluster {
     }
 }
 
-/// A fresh namespace named after the test.
+/// A fresh namespace named after the test, granted the suites' names ([`TEST_GRANTS`]).
 pub async fn namespace(client: &Client, test: &str) -> String {
+    namespace_labelled(client, test, &[(TEST_GRANTS_LABEL, "true")]).await
+}
+
+/// A fresh namespace named after the test, with these labels.
+pub async fn namespace_labelled(client: &Client, test: &str, labels: &[(&str, &str)]) -> String {
     let suffix: u32 = rand::random::<u32>() % 1_000_000;
     let name = format!(
         "{}-{suffix}",
         test.replace('_', "-").chars().take(40).collect::<String>()
     );
+    let labels: std::collections::BTreeMap<&str, &str> = labels.iter().copied().collect();
     let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": labels}}))
+            .unwrap();
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &ns)
         .await

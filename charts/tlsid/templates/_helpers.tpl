@@ -86,3 +86,12 @@ app.kubernetes.io/component: crds
 {{- define "tlsid.demoImage" -}}
 {{- default (include "tlsid.image" .) .Values.demo.image -}}
 {{- end -}}
+
+{{/*
+The admission webhook's name: its Service and TlsIdentity (release
+namespace) and its ValidatingWebhookConfiguration (cluster-scoped, so named
+after the install).
+*/}}
+{{- define "tlsid.webhook.name" -}}
+{{ .Values.install.name }}-webhook
+{{- end }}
