@@ -216,6 +216,22 @@ cmd_check() {
     tlsid_log "ok: replicaCount=1 renders without a PodDisruptionBudget"
   fi
   expect_rejected "an unknown log format" "/logFormat" --set logFormat=xml
+  expect_rejected "an unknown name policy" "/names/policy" --set names.policy=open
+  # Optional features' cluster-wide verbs exist only with the feature on.
+  if helm_template --set demo.enabled=false | grep -Eq 'resources: \["(deployments|services)"\]'; then
+    FAILED+=("demo.enabled=false still grants verbs on Deployments or Services")
+  elif ! helm_template | grep -q 'resources: \["deployments"\]'; then
+    FAILED+=("the demo's Deployment verbs are missing with demo.enabled (the default)")
+  else
+    tlsid_log "ok: Deployment/Service verbs only with demo.enabled"
+  fi
+  if helm_template --set webhook.enabled=false | grep -Eq 'ValidatingWebhookConfiguration|validatingwebhookconfigurations|TLSID_WEBHOOK'; then
+    FAILED+=("webhook.enabled=false still renders the webhook or its RBAC")
+  elif ! helm_template | grep -q 'resourceNames: \["tlsid-webhook"\]'; then
+    FAILED+=("the webhook's RBAC is not limited to its own configuration")
+  else
+    tlsid_log "ok: the webhook and its RBAC only with webhook.enabled, limited to its own configuration"
+  fi
 
   # 5. The apiserver accepts deploy/ (only when one is reachable).
   server_dry_run || true

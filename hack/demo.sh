@@ -80,8 +80,8 @@ cmd_down() {
       "${kubectl}" delete namespace "${DEMO_NS}" --ignore-not-found --timeout="${TIMEOUT}s"
       "${helm}" uninstall "${RELEASE}" --namespace "${SYSTEM_NS}" --ignore-not-found --wait --timeout "${TIMEOUT}s"
       "${kubectl}" delete namespace "${SYSTEM_NS}" --ignore-not-found --timeout="${TIMEOUT}s"
-      note "The TlsIdentity CRD is kept (chart value crds.keep); remove it with:"
-      note "  kubectl delete crd tlsidentities.tlsid.dev"
+      note "The CRDs are kept (chart value crds.keep); remove them with:"
+      note "  kubectl delete crd tlsidentities.tlsid.dev tlsidentitypolicies.tlsid.dev"
     else
       echo "demo.sh: the cluster the demo used (${KUBECONFIG}) does not answer; nothing removed there"
     fi

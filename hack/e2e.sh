@@ -82,9 +82,14 @@ k() { "${kubectl}" "$@"; }
 stage "image and chart"
 hack/image.sh tlsid "${TLSID_CACHE}/e2e/tlsid" >/dev/null
 start=${SECONDS}
-"${helm}" install "${RELEASE}" charts/tlsid --namespace "${SYSTEM_NS}" --create-namespace \
+# The controller's namespace enforces the restricted Pod Security Standard (so does the demo's,
+# examples/mtls-demo.yaml): every pod must be admitted under it.
+k create namespace "${SYSTEM_NS}" --dry-run=client -o yaml | k apply -f - >/dev/null
+k label namespace "${SYSTEM_NS}" --overwrite pod-security.kubernetes.io/enforce=restricted \
+  pod-security.kubernetes.io/warn=restricted >/dev/null
+"${helm}" install "${RELEASE}" charts/tlsid --namespace "${SYSTEM_NS}" \
   --set image.pullPolicy=Never --wait --timeout "${TIMEOUT}" >/dev/null
-log "helm install: controller ready in $((SECONDS - start))s"
+log "helm install: controller ready (webhook serving, caBundle in place) in $((SECONDS - start))s"
 
 stage "test (tests/e2e.rs)"
 TLSID_E2E_KUBECONFIG="${KUBECONFIG}" TLSID_E2E_KUBELET_SYNC_FREQUENCY="${TLSID_NODE_SYNC_FREQUENCY}" \
@@ -138,14 +143,14 @@ start=${SECONDS}
   die "the TlsIdentity CRD is gone or lost its helm.sh/resource-policy=keep annotation"
 # Deleting the CRD deletes every identity; the Secrets workloads mount stay (no owner reference
 # by default: the control above showed the garbage collector acts on those that have one).
-k delete crd tlsidentities.tlsid.dev --wait --timeout "${TIMEOUT}" >/dev/null
+k delete crd tlsidentities.tlsid.dev tlsidentitypolicies.tlsid.dev --wait --timeout "${TIMEOUT}" >/dev/null
 k -n "${DEMO_NS}" get secret demo-server-tls demo-client-tls >/dev/null ||
   die "deleting the CRD deleted identity Secrets that workloads mount"
 k -n "${SYSTEM_NS}" get secret tlsid-ca >/dev/null || die "deleting the CRD deleted the CA Secret"
 log "CRD deleted: identity Secrets and the CA kept"
 # With the controller gone, the demo must still go away with its namespace:
 # nothing of ours may block deletion (no finalizers) or survive it.
-k delete namespace "${DEMO_NS}" "${SYSTEM_NS}" --wait --timeout "${TIMEOUT}" >/dev/null
+k delete namespace "${DEMO_NS}" "${DEMO_NS}-other" "${SYSTEM_NS}" --wait --timeout "${TIMEOUT}" >/dev/null
 log "helm uninstall + CRD and namespace deletion: $((SECONDS - start))s"
 
 # Every listable object in the cluster whose name, namespace or labels

@@ -88,6 +88,8 @@ pub struct Context {
     pub ready: AtomicBool,
     /// The webhook has a serving certificate (always true when no webhook is served).
     pub webhook_ready: AtomicBool,
+    /// The webhook configuration trusts the CA (always true when no webhook is served).
+    pub webhook_trusted: AtomicBool,
     /// Consecutive errors per object (those that cannot be recorded in its status), for backoff.
     failures: Mutex<HashMap<String, i32>>,
     pub leadership: leader::Leadership,
@@ -127,6 +129,7 @@ impl Context {
             ca_problem: RwLock::new(None),
             ready: AtomicBool::new(false),
             webhook_ready: AtomicBool::new(no_webhook),
+            webhook_trusted: AtomicBool::new(no_webhook),
             failures: Mutex::default(),
             leadership,
             budget: Mutex::new(budget),

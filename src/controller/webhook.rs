@@ -256,12 +256,15 @@ async fn watch_serving_cert(ctx: Arc<Context>, name: String, cert: Arc<ServingCe
 // === what the leader keeps: the webhook's identity, the caBundle ===
 
 /// While leading: the webhook's TlsIdentity exists as wanted, and every webhook of the
-/// configuration trusts the CA's bundle.
+/// configuration trusts the CA's bundle. On every replica: whether it does, for readiness (a
+/// replica is ready only once the apiserver can verify the webhook, so `helm install --wait`
+/// returns with admission working).
 async fn keep_leader_objects(ctx: Arc<Context>, cfg: WebhookConfig) {
     let configurations = Api::<ValidatingWebhookConfiguration>::all(ctx.client.clone());
     let identities = Api::<TlsIdentity>::namespaced(ctx.client.clone(), &ctx.config.namespace);
     loop {
-        if ctx.leadership.role() == Role::Leader {
+        let leading = ctx.leadership.role() == Role::Leader;
+        if leading {
             match sync_identity(&ctx, &identities, &cfg).await {
                 Ok(true) => info!(identity = cfg.service, "webhook TlsIdentity applied"),
                 Ok(false) => {}
@@ -269,22 +272,40 @@ async fn keep_leader_objects(ctx: Arc<Context>, cfg: WebhookConfig) {
                     warn!(identity = cfg.service, error = %e, "cannot apply the webhook TlsIdentity yet")
                 }
             }
-            if let (Some(name), Some(ca)) = (&cfg.configuration, ctx.ca()) {
-                match sync_ca_bundle(&ctx, &configurations, name, ca.bundle_pem().as_bytes()).await
+        }
+        let trusted = match (&cfg.configuration, ctx.ca()) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(name), Some(ca)) => {
+                match sync_ca_bundle(&ctx, &configurations, name, ca.bundle_pem().as_bytes(), leading)
+                    .await
                 {
-                    Ok(true) => info!(
-                        configuration = name,
-                        "webhook caBundle updated to the CA's trust bundle"
-                    ),
-                    Ok(false) => {}
+                    Ok(BundleState::InPlace) => true,
+                    Ok(BundleState::Updated) => {
+                        info!(configuration = name, "webhook caBundle updated to the CA's trust bundle");
+                        true
+                    }
+                    Ok(BundleState::Stale) => false,
                     Err(e) => {
-                        debug!(configuration = name, error = %e, "cannot update the webhook caBundle yet")
+                        debug!(configuration = name, error = %e, "cannot check the webhook caBundle");
+                        false
                     }
                 }
             }
-        }
-        tokio::time::sleep(CA_BUNDLE_RECHECK).await;
+        };
+        ctx.webhook_trusted
+            .store(trusted, std::sync::atomic::Ordering::Relaxed);
+        // Quickly while something is missing (an install coming up), at leisure afterwards.
+        let wait = if trusted { CA_BUNDLE_RECHECK } else { Duration::from_secs(1) };
+        tokio::time::sleep(wait).await;
     }
+}
+
+enum BundleState {
+    InPlace,
+    Updated,
+    /// Differs, and this replica may not write.
+    Stale,
 }
 
 /// The webhook's own identity: its Service's names, server usage only.
@@ -354,9 +375,11 @@ async fn sync_ca_bundle(
     api: &Api<ValidatingWebhookConfiguration>,
     name: &str,
     bundle: &[u8],
-) -> Result<bool, kube::Error> {
+    may_write: bool,
+) -> Result<BundleState, kube::Error> {
     let Some(current) = api.get_opt(name).await? else {
-        return Ok(false);
+        // No configuration (not installed, or deleted): nothing to keep, nothing to wait for.
+        return Ok(BundleState::InPlace);
     };
     let mut ops = vec![json!({
         "op": "test",
@@ -364,13 +387,7 @@ async fn sync_ca_bundle(
         "value": current.metadata.resource_version,
     })];
     for (i, hook) in current.webhooks.iter().flatten().enumerate() {
-        if hook
-            .client_config
-            .ca_bundle
-            .as_ref()
-            .map(|b| b.0.as_slice())
-            != Some(bundle)
-        {
+        if hook.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(bundle) {
             use base64::Engine as _;
             ops.push(json!({
                 "op": "add",
@@ -380,7 +397,10 @@ async fn sync_ca_bundle(
         }
     }
     if ops.len() == 1 {
-        return Ok(false);
+        return Ok(BundleState::InPlace);
+    }
+    if !may_write {
+        return Ok(BundleState::Stale);
     }
     let patch: json_patch::Patch =
         serde_json::from_value(Value::Array(ops)).map_err(kube::Error::SerdeError)?;
@@ -394,7 +414,7 @@ async fn sync_ca_bundle(
     )
     .await?;
     ctx.metrics.wrote("webhookconfiguration");
-    Ok(true)
+    Ok(BundleState::Updated)
 }
 
 // === TLS listener for axum ===

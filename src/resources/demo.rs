@@ -332,8 +332,32 @@ mod tests {
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let c = &pod.containers[0];
         assert_eq!(
-            c.args.as_ref().unwrap()[..4],
-            ["demo", "server", "--listen", "0.0.0.0:9443"]
+            c.args.as_ref().unwrap()[..6],
+            [
+                "demo",
+                "server",
+                "--listen",
+                "0.0.0.0:9443",
+                "--allow-client",
+                "spiffe://cluster.local/ns/shop/*"
+            ],
+            "by default only clients of its own namespace are let in"
+        );
+        let custom = DemoSpec {
+            allowed_clients: Some(vec!["spiffe://cluster.local/ns/a/sa/x".into(), "*".into()]),
+            ..demo.clone()
+        };
+        let settings = Settings {
+            trust_domain: "example.org".into(),
+            ..Settings::default()
+        };
+        assert_eq!(
+            allowed_clients(&server, &demo, &settings),
+            ["spiffe://example.org/ns/shop/*"]
+        );
+        assert_eq!(
+            allowed_clients(&server, &custom, &settings),
+            ["spiffe://cluster.local/ns/a/sa/x", "*"]
         );
         let mount = &c.volume_mounts.as_ref().unwrap()[0];
         assert_eq!(
