@@ -1,4 +1,5 @@
-//! `tlsid demo client`: connect to the demo server on an interval and report each exchange.
+//! `tlsid demo client`: connect to the demo server on an interval, send `GET /` over mTLS, and
+//! report each exchange: the handshake, and the server's authorization decision (200 or 403).
 
 use std::{future::Future, pin::pin, sync::Arc, time::Duration};
 
@@ -19,14 +20,12 @@ use super::{
     ClientArgs, IO_TIMEOUT, PROTOCOL_VERSIONS,
     credentials::{CredentialStore, Credentials},
     failure_reason,
-    identity::{CertSummary, NONE, printable},
+    http::{self, Response},
+    identity::{CertSummary, NONE, printable, printable_up_to},
     millis, negotiated,
-    telemetry::{self, Role, Telemetry},
+    telemetry::{self, RequestResult, Role, Telemetry},
     verify::{ObservingServerVerifier, Presented},
 };
-
-/// The server's reply is one short line; anything longer is not our server.
-const MAX_REPLY: u64 = 4096;
 
 /// Where to connect and which name the server's certificate must carry.
 #[derive(Clone, Debug)]
@@ -102,16 +101,22 @@ async fn connect_until(
         args.interval,
     );
 
-    let (mut attempts, mut failures) = (0_u64, 0_u64);
+    let (mut attempts, mut failures, mut refusals) = (0_u64, 0_u64, 0_u64);
     loop {
         // An attempt in progress is allowed to finish (every step has a timeout), so shutdown is
         // only observed between attempts.
         let creds = store.current().await;
         attempts += 1;
-        if exchange_and_report(&provider, &creds, &target, &telemetry).await {
+        let outcome = exchange_and_report(&provider, &creds, &target, &telemetry).await;
+        // Ready once an HTTP response of any status came back over mTLS: even a 403 proves both
+        // certificates were accepted; authorization is the server's policy, not our health.
+        if outcome.answered() {
             telemetry.set_ready();
-        } else {
-            failures += 1;
+        }
+        match outcome {
+            Outcome::Allowed => {}
+            Outcome::Refused => refusals += 1,
+            Outcome::HttpError | Outcome::Failed => failures += 1,
         }
         if args.count.is_some_and(|count| attempts >= count) {
             break;
@@ -121,10 +126,10 @@ async fn connect_until(
             () = tokio::time::sleep(args.interval) => {}
         }
     }
-    info!(attempts, failures, "demo client stopped");
-    if args.count.is_some() && failures > 0 {
+    info!(attempts, failures, refusals, "demo client stopped");
+    if args.count.is_some() && failures + refusals > 0 {
         bail!(
-            "{failures} of {attempts} mTLS exchanges with {} failed",
+            "{failures} of {attempts} mTLS exchanges with {} failed and {refusals} were refused",
             target.addr
         );
     }
@@ -222,32 +227,116 @@ fn impostor_certificate() -> Result<(String, String), rcgen::Error> {
     Ok((crt, key.serialize_pem()))
 }
 
-/// One attempt, logged and counted. Returns whether it succeeded.
+/// How one attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// A 2xx response: authenticated and authorized.
+    Allowed,
+    /// A 403: the handshake succeeded, the server's `--allow-client` refused us.
+    Refused,
+    /// The handshake succeeded but the response was another status, or not HTTP at all.
+    HttpError,
+    /// No mTLS exchange: unreachable, handshake failed, or rejected by the server's verifier.
+    Failed,
+}
+
+impl Outcome {
+    /// Whether the server answered with an HTTP response (of any status).
+    fn answered(self) -> bool {
+        matches!(self, Self::Allowed | Self::Refused | Self::HttpError)
+    }
+}
+
+/// One attempt, logged and counted.
 async fn exchange_and_report(
     provider: &Arc<CryptoProvider>,
     creds: &Credentials,
     target: &Target,
     telemetry: &Telemetry,
-) -> bool {
+) -> Outcome {
     let own = &creds.leaf;
     match exchange(provider, creds, target).await {
         Ok(ok) => {
+            // The handshake itself succeeded whatever the server then decided.
             telemetry.handshake(true, ok.took);
             telemetry.peer_verified(&ok.peer);
-            info!(
-                role = %Role::Client.as_str(),
-                result = %"ok",
-                peer = %ok.peer.identity,
-                peer_serial = %ok.peer.serial,
-                own_serial = %own.serial,
-                tls_version = %ok.version,
-                cipher = %ok.cipher,
-                latency_ms = millis(ok.took),
-                server = %target.addr,
-                reply = %ok.reply,
-                "mTLS handshake ok",
-            );
-            true
+            let reply = match &ok.reply {
+                Ok(reply) => reply,
+                Err(reason) => {
+                    telemetry.request(RequestResult::Error);
+                    warn!(
+                        role = %Role::Client.as_str(),
+                        result = %"error",
+                        reason = %reason,
+                        peer = %ok.peer.identity,
+                        peer_serial = %ok.peer.serial,
+                        own_serial = %own.serial,
+                        tls_version = %ok.version,
+                        status = %NONE,
+                        latency_ms = millis(ok.took),
+                        server = %target.addr,
+                        "request failed",
+                    );
+                    // Counted as answered only if it was HTTP; this was not.
+                    return Outcome::Failed;
+                }
+            };
+            let outcome = reply.outcome();
+            match outcome {
+                Outcome::Allowed => {
+                    telemetry.request(RequestResult::Allowed);
+                    info!(
+                        role = %Role::Client.as_str(),
+                        result = %"ok",
+                        peer = %ok.peer.identity,
+                        peer_serial = %ok.peer.serial,
+                        own_serial = %own.serial,
+                        tls_version = %ok.version,
+                        cipher = %ok.cipher,
+                        alpn = %ok.alpn,
+                        latency_ms = millis(ok.took),
+                        server = %target.addr,
+                        status = reply.status,
+                        decision = %reply.decision.as_deref().unwrap_or(NONE),
+                        reply = %reply.text,
+                        "mTLS handshake ok",
+                    );
+                }
+                Outcome::Refused => {
+                    telemetry.request(RequestResult::Refused);
+                    warn!(
+                        role = %Role::Client.as_str(),
+                        result = %"refused",
+                        peer = %ok.peer.identity,
+                        peer_serial = %ok.peer.serial,
+                        reason = %reply.reason(),
+                        own_serial = %own.serial,
+                        tls_version = %ok.version,
+                        latency_ms = millis(ok.took),
+                        server = %target.addr,
+                        status = reply.status,
+                        decision = %reply.decision.as_deref().unwrap_or(NONE),
+                        "request refused",
+                    );
+                }
+                Outcome::HttpError | Outcome::Failed => {
+                    telemetry.request(RequestResult::Error);
+                    warn!(
+                        role = %Role::Client.as_str(),
+                        result = %"error",
+                        reason = %format_args!("HTTP status {}: {}", reply.status, reply.reason()),
+                        peer = %ok.peer.identity,
+                        peer_serial = %ok.peer.serial,
+                        own_serial = %own.serial,
+                        tls_version = %ok.version,
+                        status = reply.status,
+                        latency_ms = millis(ok.took),
+                        server = %target.addr,
+                        "request failed",
+                    );
+                }
+            }
+            outcome
         }
         Err(failed) => {
             match failed.took {
@@ -267,7 +356,7 @@ async fn exchange_and_report(
                 server = %target.addr,
                 "mTLS handshake failed",
             );
-            false
+            Outcome::Failed
         }
     }
 }
@@ -278,8 +367,58 @@ pub(crate) struct Exchange {
     pub peer: CertSummary,
     pub version: &'static str,
     pub cipher: String,
-    pub reply: String,
+    pub alpn: String,
+    /// The server's HTTP response, or why what it sent is not one.
+    pub reply: Result<Reply, String>,
     pub took: Duration,
+}
+
+/// The server's response as the client reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub status: u16,
+    /// The body on one printable line (the tlsid server's JSON, or another server's text).
+    pub text: String,
+    /// `decision` of the tlsid server's JSON body; `None` for other servers.
+    pub decision: Option<String>,
+    /// `reason` (or `error`) of the tlsid server's JSON body.
+    pub json_reason: Option<String>,
+    /// `peer` of the tlsid server's JSON body: who the server says we are.
+    pub seen_as: Option<String>,
+}
+
+impl Reply {
+    pub(crate) fn from_response(response: &Response) -> Self {
+        let body = String::from_utf8_lossy(&response.body);
+        let json = serde_json::from_str::<serde_json::Value>(&body).ok();
+        let field = |name: &str| {
+            json.as_ref()
+                .and_then(|j| j.get(name))
+                .and_then(|v| v.as_str())
+                .map(printable)
+        };
+        Self {
+            status: response.status,
+            text: printable_up_to(body.trim(), 1024),
+            decision: field("decision"),
+            json_reason: field("reason").or_else(|| field("error")),
+            seen_as: field("peer"),
+        }
+    }
+
+    /// Any 2xx is an answer (servers other than tlsid's reply with text); 403 is a refusal.
+    pub(crate) fn outcome(&self) -> Outcome {
+        match self.status {
+            200..=299 => Outcome::Allowed,
+            403 => Outcome::Refused,
+            _ => Outcome::HttpError,
+        }
+    }
+
+    /// The server's reason, else its body.
+    pub(crate) fn reason(&self) -> &str {
+        self.json_reason.as_deref().unwrap_or(&self.text)
+    }
 }
 
 #[derive(Debug)]
@@ -310,10 +449,11 @@ pub(crate) fn client_config(
     // A resumed session would show the server's certificate from the first handshake forever,
     // hiding exactly the rotation this demo exists to show.
     config.resumption = Resumption::disabled();
+    config.alpn_protocols = vec![http::ALPN_HTTP11.to_vec()];
     Ok(Arc::new(config))
 }
 
-/// Connect, handshake, read the server's one-line reply.
+/// Connect, handshake, send `GET /`, read the response.
 pub(crate) async fn exchange(
     provider: &Arc<CryptoProvider>,
     creds: &Credentials,
@@ -362,39 +502,74 @@ pub(crate) async fn exchange(
     };
 
     // In TLS 1.3 our side of the handshake ends before the server has checked our certificate, so
-    // only its reply (or its alert) says whether we were accepted: the reply is part of the check.
-    let mut reply = Vec::new();
-    match timeout(
-        IO_TIMEOUT,
-        (&mut tls).take(MAX_REPLY).read_to_end(&mut reply),
-    )
-    .await
-    {
-        Ok(Ok(_)) => {}
+    // only its response (or its alert) says whether we were accepted: the response is part of the
+    // check. A server rejecting us may close before reading the request, so a failed write is not
+    // conclusive either: the read below reports the alert.
+    let host = match target.server_name.to_str() {
+        ip6 if ip6.contains(':') => format!("[{ip6}]"),
+        name => name.into_owned(),
+    };
+    let _ = timeout(IO_TIMEOUT, tls.write_all(&http::request(&host))).await;
+    let mut received = Vec::new();
+    let response = timeout(IO_TIMEOUT, async {
+        let mut buf = [0_u8; 4096];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) => return Ok(http::parse_response(&received, true)),
+                Ok(n) => {
+                    received.extend_from_slice(buf.get(..n).unwrap_or_default());
+                    match http::parse_response(&received, false) {
+                        Ok(None) => {}
+                        done => return Ok(done),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    let reply = match response {
+        Ok(Ok(Ok(Some(response)))) => Ok(Reply::from_response(&response)),
+        Ok(Ok(Ok(None))) => Err("incomplete response".to_owned()), // only before eof; not reached
+        Ok(Ok(Err(_))) if received.is_empty() => {
+            return Err(fail(
+                "the server closed the connection without a reply".into(),
+            ));
+        }
+        Ok(Ok(Err(e))) => Err(e),
         Ok(Err(e)) => {
-            let reason = match e
+            if let Some(alert @ rustls::Error::AlertReceived(_)) = e
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
             {
-                Some(alert @ rustls::Error::AlertReceived(_)) => {
-                    format!("rejected by the server: {alert}")
-                }
-                _ => failure_reason(&e),
-            };
-            return Err(fail(reason));
+                return Err(fail(format!("rejected by the server: {alert}")));
+            }
+            if received.is_empty() {
+                return Err(fail(failure_reason(&e)));
+            }
+            // Data came, so the server accepted our certificate; the response is what broke.
+            Err(format!(
+                "response cut short ({} bytes): {}",
+                received.len(),
+                failure_reason(&e)
+            ))
         }
-        Err(_) => return Err(fail("no reply from the server".into())),
-    }
+        Err(_) if received.is_empty() => return Err(fail("no reply from the server".into())),
+        Err(_) => Err(format!(
+            "incomplete response within {}s ({} bytes)",
+            IO_TIMEOUT.as_secs(),
+            received.len()
+        )),
+    };
     let took = started.elapsed();
     let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
-    if reply.is_empty() {
-        return Err(fail(
-            "the server closed the connection without a reply".into(),
-        ));
-    }
 
     let (_, conn) = tls.get_ref();
     let (version, cipher) = negotiated(conn);
+    let alpn = conn.alpn_protocol().map_or_else(
+        || NONE.to_owned(),
+        |p| printable(&String::from_utf8_lossy(p)),
+    );
     let peer = conn
         .peer_certificates()
         .and_then(|c| c.first())
@@ -404,7 +579,8 @@ pub(crate) async fn exchange(
         peer,
         version,
         cipher,
-        reply: printable(String::from_utf8_lossy(&reply).trim_end()),
+        alpn,
+        reply,
         took,
     })
 }
@@ -429,6 +605,51 @@ mod tests {
             assert!(Target::parse(bad, None).is_err(), "{bad}");
         }
         assert!(Target::parse("demo:8443", Some("not a name")).is_err());
+    }
+
+    #[test]
+    fn replies_from_the_tlsid_server_and_from_others() {
+        let reply = |status, body: &str| {
+            Reply::from_response(&Response {
+                status,
+                body: body.as_bytes().to_vec(),
+            })
+        };
+        let allowed = reply(
+            200,
+            r#"{"peer":"spiffe://a/b","decision":"allowed","reason":"ok because"}"#,
+        );
+        assert_eq!(allowed.outcome(), Outcome::Allowed);
+        assert_eq!(allowed.decision.as_deref(), Some("allowed"));
+        assert_eq!(allowed.seen_as.as_deref(), Some("spiffe://a/b"));
+        assert_eq!(allowed.reason(), "ok because");
+
+        // Go, Python and Java peers answer with text.
+        let text = reply(200, "hello CN=x from go\n");
+        assert_eq!(text.outcome(), Outcome::Allowed);
+        assert_eq!(
+            (text.text.as_str(), text.decision),
+            ("hello CN=x from go", None)
+        );
+
+        let refused = reply(
+            403,
+            r#"{"decision":"refused","reason":"no URI SAN matches"}"#,
+        );
+        assert_eq!(refused.outcome(), Outcome::Refused);
+        assert_eq!(refused.reason(), "no URI SAN matches");
+        let forbidden_text = reply(403, "go away");
+        assert_eq!(forbidden_text.outcome(), Outcome::Refused);
+        assert_eq!(forbidden_text.reason(), "go away");
+
+        let bad = reply(400, r#"{"error":"the request line is bad"}"#);
+        assert_eq!(bad.outcome(), Outcome::HttpError);
+        assert_eq!(bad.reason(), "the request line is bad");
+        assert_eq!(reply(500, "").outcome(), Outcome::HttpError);
+        assert_eq!(reply(204, "").outcome(), Outcome::Allowed);
+
+        // A body cannot forge log lines.
+        assert_eq!(reply(200, "a\nINFO forged").text, "a\\nINFO forged");
     }
 
     #[test]

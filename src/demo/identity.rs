@@ -53,6 +53,26 @@ impl fmt::Display for CertSummary {
     }
 }
 
+/// Every URI SAN of a certificate, unescaped (for matching, not printing; see [`printable`]). Empty
+/// when there is none or the certificate cannot be parsed.
+pub(crate) fn uri_sans(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::URI(u) => Some((*u).to_owned()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn identity_of(cert: &X509Certificate<'_>) -> String {
     let names: Vec<&GeneralName<'_>> = match cert.subject_alternative_name() {
         Ok(Some(san)) => san.value.general_names.iter().collect(),
@@ -88,16 +108,20 @@ fn identity_of(cert: &X509Certificate<'_>) -> String {
 /// Names in a certificate are chosen by whoever made it, and the server logs what a *rejected*
 /// client presented: without this, a crafted SAN containing a newline could forge log lines.
 pub(crate) fn printable(name: &str) -> String {
-    const MAX_CHARS: usize = 256;
-    let mut out = String::with_capacity(name.len().min(MAX_CHARS));
-    for c in name.chars().take(MAX_CHARS) {
+    printable_up_to(name, 256)
+}
+
+/// [`printable`] with another length limit (in characters; longer text ends in `…`).
+pub(crate) fn printable_up_to(name: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(name.len().min(max_chars));
+    for c in name.chars().take(max_chars) {
         if c.is_control() {
             out.extend(c.escape_default());
         } else {
             out.push(c);
         }
     }
-    if name.chars().nth(MAX_CHARS).is_some() {
+    if name.chars().nth(max_chars).is_some() {
         out.push('\u{2026}');
     }
     out
@@ -167,6 +191,26 @@ mod tests {
             CertSummary::from_der(&cn).unwrap().identity,
             "line one\\nline two"
         );
+    }
+
+    #[test]
+    fn every_uri_san_for_authorization() {
+        use rcgen::SanType::*;
+        let uri = |u: &str| URI(u.try_into().unwrap());
+        let der = cert(
+            vec![
+                DnsName("b.a.svc".try_into().unwrap()),
+                uri("spiffe://cluster.local/ns/a/sa/b"),
+                uri("urn:example:second"),
+            ],
+            Some("cn"),
+        );
+        assert_eq!(
+            uri_sans(&der),
+            ["spiffe://cluster.local/ns/a/sa/b", "urn:example:second"]
+        );
+        assert!(uri_sans(&cert(vec![], Some("cn"))).is_empty());
+        assert!(uri_sans(b"junk").is_empty());
     }
 
     #[test]

@@ -7,25 +7,57 @@
 //! one. Each connection is pinned to the credentials current when it started, so a rotation never
 //! disturbs a connection in flight.
 //!
-//! What users watch in `kubectl logs` is one line per handshake and one per credential reload:
+//! The protocol is HTTPS: HTTP/1.1 over the mTLS connection (ALPN `http/1.1`; clients offering no
+//! ALPN are served too), one request per connection, `Connection: close`. The server answers any
+//! path (and method; HEAD gets no body) with JSON saying whom it verified and what it decided:
 //!
 //! ```text
-//! INFO mTLS handshake ok role=server result=ok peer=spiffe://… peer_serial=… own_serial=… tls_version=TLSv1.3 cipher=… latency_ms=1.2 peer_addr=…
+//! 200 {"peer":"spiffe://…/ns/shop/sa/shopper","peerSerial":"…","server":"spiffe://…","serverSerial":"…","decision":"allowed","reason":"URI SAN … matches --allow-client spiffe://…/ns/shop/*"}
+//! 403 {…,"decision":"refused","reason":"no URI SAN matches --allow-client spiffe://…/ns/shop/*"}
+//! 400 {…,"error":"<why the request is malformed>"}   (431: head over 16 KiB; 408: none within 10 s)
+//! ```
+//!
+//! so `curl --cacert ca.crt --cert tls.crt --key tls.key https://host:8443/` works as is.
+//! Authentication (the mTLS handshake, against `ca.crt`) comes first; authorization (the server's
+//! `--allow-client` patterns, matched against the client's URI SANs, see `authz`) is a separate,
+//! later decision: a refused client has completed a successful handshake and is counted so.
+//!
+//! What users watch in `kubectl logs` is one line per exchange and one per credential reload:
+//!
+//! ```text
+//! INFO mTLS handshake ok role=server result=ok peer=spiffe://… peer_serial=… own_serial=… tls_version=TLSv1.3 cipher=… alpn=http/1.1 latency_ms=1.2 peer_addr=…
+//! WARN request refused role=server result=refused peer=spiffe://… peer_serial=… reason="no URI SAN matches --allow-client …" own_serial=… status=403 method=GET path=/ peer_addr=…
+//! WARN bad request role=server result=error peer=spiffe://… reason=… status=400 …
+//! INFO mTLS handshake ok role=client result=ok peer=spiffe://… … server=… status=200 decision=allowed reply={"peer":…}
+//! WARN request refused role=client result=refused peer=<server> … reason=<the server's reason> status=403 decision=refused
+//! WARN request failed role=client result=error reason="HTTP status 500: …" …   (any other status, or not HTTP)
 //! WARN mTLS handshake failed role=server result=failed reason=invalid peer certificate: UnknownIssuer peer=<what was presented> …
 //! INFO credentials reloaded: <old serial> → <new serial> old_serial=… new_serial=… identity=… not_after=… roots=…
 //! ```
 //!
-//! `/metrics` (`tlsid_demo_handshakes_total{role,result}`, `tlsid_demo_certificate_serial_info`,
+//! The server logs the handshake as soon as it completes, then only a refusal or a bad request
+//! (an allowed request is logged at debug level); the client logs one line per attempt. The client
+//! takes any 2xx as allowed, whatever the body (other stacks' servers answer with text), and any
+//! 403 as refused.
+//!
+//! `/metrics` (`tlsid_demo_handshakes_total{role,result="success"|"failure"}`,
+//! `tlsid_demo_requests_total{role,result="allowed"|"refused"|"error"}` (requests over completed
+//! handshakes: a refused request is not a failed handshake), `tlsid_demo_certificate_serial_info`,
 //! `tlsid_demo_certificate_expiration_timestamp_seconds`, `tlsid_demo_credential_reloads_total`, …),
 //! `/healthz` and `/readyz` are served on `--metrics-listen`.
 //!
 //! Readiness: the server is ready once it has loaded credentials and is accepting connections; the
-//! client is ready once it has completed one mTLS exchange (credentials alone prove nothing about
-//! whether the server trusts them). Neither becomes unready afterwards: a later failure is reported
-//! in the logs and metrics, not by pulling the pod out of rotation.
+//! client is ready once it has completed one mTLS exchange, i.e. received an HTTP response of any
+//! status (credentials alone prove nothing about whether the server trusts them; a 403 does prove
+//! it: the server verified the client and only its policy refused it). Neither becomes unready
+//! afterwards: a later failure or refusal is reported in the logs and metrics, not by pulling the
+//! pod out of rotation. With `--count`, the client exits with an error if any attempt failed or
+//! was refused.
 
+mod authz;
 mod client;
 mod credentials;
+mod http;
 mod identity;
 mod server;
 mod telemetry;
@@ -63,6 +95,13 @@ pub struct ServerArgs {
     /// How often at most to check --cert-dir for rotated credentials (Go-style duration, e.g. 1s).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub reload_interval: Duration,
+
+    /// Answer only clients with a URI SAN (SPIFFE ID) equal to PATTERN, or starting with it up to
+    /// a trailing `*` (e.g. spiffe://cluster.local/ns/shop/*); `*` alone allows every verified
+    /// client. Repeatable: any match allows. Without it, every verified client is allowed. Others
+    /// complete the handshake and get a 403.
+    #[arg(long = "allow-client", value_name = "PATTERN", value_parser = authz::parse_pattern)]
+    pub allow_client: Vec<String>,
 }
 
 /// Arguments of `tlsid demo client`.
@@ -85,7 +124,8 @@ pub struct ClientArgs {
     #[arg(long, default_value = "2s", value_parser = parse_positive_duration)]
     pub interval: Duration,
 
-    /// Stop after this many attempts; the exit status is then an error if any attempt failed.
+    /// Stop after this many attempts; the exit status is then an error if any attempt failed or
+    /// was refused (403).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
 
@@ -202,6 +242,25 @@ mod args_tests {
         assert_eq!(s.listen.to_string(), "0.0.0.0:8443");
         assert_eq!(s.metrics_listen.to_string(), "0.0.0.0:9090");
         assert_eq!(s.reload_interval, Duration::from_secs(1));
+        assert!(s.allow_client.is_empty());
+
+        let argv = [
+            "demo",
+            "server",
+            "--allow-client",
+            "spiffe://cluster.local/ns/shop/*",
+            "--allow-client=spiffe://cluster.local/ns/bank/sa/teller",
+        ];
+        let Demo::Server(s) = Demo::try_parse_from(argv).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            s.allow_client,
+            [
+                "spiffe://cluster.local/ns/shop/*",
+                "spiffe://cluster.local/ns/bank/sa/teller"
+            ]
+        );
 
         let argv = [
             "demo",
@@ -234,6 +293,8 @@ mod args_tests {
             vec!["demo", "client", "--connect", "srv:8443", "--interval", "2"],
             vec!["demo", "client", "--connect", "srv:8443", "--count", "0"],
             vec!["demo", "server", "--listen", "nonsense"],
+            vec!["demo", "server", "--allow-client", ""],
+            vec!["demo", "server", "--allow-client", "spiffe://td/*/sa/x"],
         ] {
             assert!(Demo::try_parse_from(&bad).is_err(), "{bad:?}");
         }

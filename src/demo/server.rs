@@ -1,4 +1,5 @@
-//! `tlsid demo server`: accept mTLS connections, greet the verified peer by name, close.
+//! `tlsid demo server`: accept mTLS connections, answer one HTTP/1.1 request on each with what the
+//! server verified about the client and whether `--allow-client` lets it in, close.
 
 use std::{future::Future, net::SocketAddr, pin::pin, sync::Arc, time::Duration};
 
@@ -18,15 +19,17 @@ use tracing::{debug, error, info, warn};
 
 use super::{
     IO_TIMEOUT, PROTOCOL_VERSIONS, ServerArgs,
+    authz::{self, Decision},
     credentials::{CredentialStore, Credentials},
     failure_reason,
-    identity::{CertSummary, NONE},
+    http::{self, HeadError},
+    identity::{self, CertSummary, NONE, printable},
     millis, negotiated,
-    telemetry::{self, Role, Telemetry},
+    telemetry::{self, RequestResult, Role, Telemetry},
     verify::{ObservingClientVerifier, Presented},
 };
 
-/// How long a connection waits for the client to close after the greeting.
+/// How long a connection waits for the client to close after the response.
 const LINGER: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(
@@ -82,7 +85,13 @@ async fn accept_until(
         () = &mut shutdown => return Ok(()),
     };
     let own = store.snapshot().leaf.clone();
-    info!(listen = %local_addr, identity = %own.identity, serial = %own.serial, "serving mTLS on {local_addr}");
+    let allow: Arc<[String]> = args.allow_client.clone().into();
+    let allow_client = if allow.is_empty() {
+        "* (no --allow-client given)".to_owned()
+    } else {
+        allow.join(",")
+    };
+    info!(listen = %local_addr, identity = %own.identity, serial = %own.serial, %allow_client, "serving mTLS on {local_addr}");
     telemetry.set_ready();
 
     // Connections already check for rotation; this keeps the metrics and the reload log line
@@ -107,7 +116,7 @@ async fn accept_until(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer_addr)) => {
-                    connections.spawn(handle(store.clone(), telemetry.clone(), provider.clone(), tcp, peer_addr));
+                    connections.spawn(handle(store.clone(), telemetry.clone(), provider.clone(), allow.clone(), tcp, peer_addr));
                 }
                 Err(e) => {
                     // Typically fd exhaustion: back off instead of spinning on the error.
@@ -157,6 +166,9 @@ fn server_config(
     // against the current bundle and would show a peer's old certificate after a rotation.
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
+    // Clients offering ALPN must offer http/1.1; clients offering none (openssl s_client, most
+    // non-browser libraries) are served all the same.
+    config.alpn_protocols = vec![http::ALPN_HTTP11.to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -164,6 +176,7 @@ async fn handle(
     store: Arc<CredentialStore>,
     telemetry: Arc<Telemetry>,
     provider: Arc<CryptoProvider>,
+    allow: Arc<[String]>,
     tcp: TcpStream,
     peer_addr: SocketAddr,
 ) {
@@ -230,12 +243,17 @@ async fn handle(
 
     let (_, conn) = tls.get_ref();
     let (version, cipher) = negotiated(conn);
-    let Some(peer) = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| CertSummary::from_der_lossy(c))
-    else {
-        // Unreachable while client auth is mandatory; refuse rather than greet an anonymous peer.
+    let alpn = conn.alpn_protocol().map_or_else(
+        || NONE.to_owned(),
+        |p| printable(&String::from_utf8_lossy(p)),
+    );
+    let Some((peer, uri_sans)) = conn.peer_certificates().and_then(|c| c.first()).map(|c| {
+        (
+            CertSummary::from_der_lossy(c),
+            identity::uri_sans(c.as_ref()),
+        )
+    }) else {
+        // Unreachable while client auth is mandatory; refuse rather than answer an anonymous peer.
         failed("client presented no certificate");
         return;
     };
@@ -249,33 +267,158 @@ async fn handle(
         own_serial = %own.serial,
         tls_version = %version,
         cipher = %cipher,
+        alpn = %alpn,
         latency_ms = millis(took),
         %peer_addr,
         "mTLS handshake ok",
     );
 
-    let greeting = format!(
-        "hello {} from {}, your serial {}\n",
-        peer.identity, own.identity, peer.serial
-    );
-    let reply = async {
-        tls.write_all(greeting.as_bytes()).await?;
-        // close_notify: tells the client the reply is complete, not truncated.
-        tls.shutdown().await
-    };
-    match timeout(IO_TIMEOUT, reply).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            debug!(%peer_addr, error = %failure_reason(&e), "could not deliver the greeting")
+    // Authenticated; now one request, then authorization decides the answer.
+    let response = match timeout(IO_TIMEOUT, http::read_request_head(&mut tls)).await {
+        Ok(Ok(head)) => match http::parse_request(&head) {
+            Ok(request) => {
+                let decision = authz::authorize(&allow, &uri_sans);
+                Some(answer(
+                    &telemetry, &request, &decision, &peer, own, peer_addr,
+                ))
+            }
+            Err(reason) => Some(bad_request(&telemetry, 400, &reason, &peer, own, peer_addr)),
+        },
+        Ok(Err(HeadError::TooLarge)) => {
+            let reason = format!(
+                "request head larger than {} KiB",
+                http::MAX_REQUEST_HEAD / 1024
+            );
+            Some(bad_request(&telemetry, 431, &reason, &peer, own, peer_addr))
         }
-        Err(_) => debug!(%peer_addr, "timed out delivering the greeting"),
+        Ok(Err(HeadError::Closed)) => {
+            debug!(%peer_addr, peer = %peer.identity, "client closed the connection without a request");
+            None
+        }
+        Ok(Err(HeadError::Io(e))) => {
+            // The client went away or broke the TLS stream: nobody left to answer.
+            debug!(%peer_addr, peer = %peer.identity, error = %failure_reason(&e), "no request received");
+            None
+        }
+        Err(_) => {
+            let reason = format!("no complete request within {}s", IO_TIMEOUT.as_secs());
+            Some(bad_request(&telemetry, 408, &reason, &peer, own, peer_addr))
+        }
+    };
+
+    if let Some(response) = response {
+        let reply = async {
+            tls.write_all(&response).await?;
+            // close_notify: tells the client the response is complete, not truncated.
+            tls.shutdown().await
+        };
+        match timeout(IO_TIMEOUT, reply).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(%peer_addr, error = %failure_reason(&e), "could not deliver the response")
+            }
+            Err(_) => debug!(%peer_addr, "timed out delivering the response"),
+        }
+    } else {
+        let _ = timeout(Duration::from_secs(1), tls.shutdown()).await;
     }
     // Closing a socket with unread input makes the kernel send a reset, which can destroy the
-    // greeting before the client reads it (e.g. `openssl s_client` forwarding a typed line). So
-    // wait briefly for the client to close first, discarding whatever it sent.
+    // response before the client reads it (e.g. a request body we never read, or `openssl
+    // s_client` forwarding more typed lines). So wait briefly for the client to close first,
+    // discarding whatever it sent.
     let mut sink = [0_u8; 1024];
     let _ = timeout(LINGER, async {
         while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
+}
+
+/// The JSON every answer carries: who the server verified and who the server is, then `extra`.
+fn body(peer: &CertSummary, own: &CertSummary, extra: &[(&str, &str)]) -> String {
+    let mut fields = vec![
+        ("peer", peer.identity.as_str()),
+        ("peerSerial", peer.serial.as_str()),
+        ("server", own.identity.as_str()),
+        ("serverSerial", own.serial.as_str()),
+    ];
+    fields.extend_from_slice(extra);
+    http::json_object(&fields)
+}
+
+/// The authorization decision on a well-formed request: 200 or 403, logged and counted.
+fn answer(
+    telemetry: &Telemetry,
+    request: &http::Request,
+    decision: &Decision,
+    peer: &CertSummary,
+    own: &CertSummary,
+    peer_addr: SocketAddr,
+) -> Vec<u8> {
+    let (status, verdict) = if decision.allowed {
+        (200, "allowed")
+    } else {
+        (403, "refused")
+    };
+    let method = printable(&request.method);
+    let path = identity::printable_up_to(&request.target, 128);
+    if decision.allowed {
+        telemetry.request(RequestResult::Allowed);
+        debug!(
+            role = %Role::Server.as_str(),
+            result = %verdict,
+            peer = %peer.identity,
+            reason = %decision.reason,
+            %method,
+            %path,
+            %peer_addr,
+            "request allowed",
+        );
+    } else {
+        telemetry.request(RequestResult::Refused);
+        warn!(
+            role = %Role::Server.as_str(),
+            result = %verdict,
+            peer = %peer.identity,
+            peer_serial = %peer.serial,
+            reason = %decision.reason,
+            own_serial = %own.serial,
+            status,
+            %method,
+            %path,
+            %peer_addr,
+            "request refused",
+        );
+    }
+    let body = body(
+        peer,
+        own,
+        &[("decision", verdict), ("reason", &decision.reason)],
+    );
+    http::json_response(status, &body, request.wants_body())
+}
+
+/// A request that could not be read or parsed: 4xx with the reason, logged and counted. Not a
+/// handshake failure: the handshake had already succeeded.
+fn bad_request(
+    telemetry: &Telemetry,
+    status: u16,
+    reason: &str,
+    peer: &CertSummary,
+    own: &CertSummary,
+    peer_addr: SocketAddr,
+) -> Vec<u8> {
+    telemetry.request(RequestResult::Error);
+    let reason = identity::printable_up_to(reason, 256);
+    warn!(
+        role = %Role::Server.as_str(),
+        result = %"error",
+        peer = %peer.identity,
+        peer_serial = %peer.serial,
+        reason = %reason,
+        own_serial = %own.serial,
+        status,
+        %peer_addr,
+        "bad request",
+    );
+    http::json_response(status, &body(peer, own, &[("error", &reason)]), true)
 }

@@ -51,6 +51,28 @@ struct HandshakeLabels {
     result: &'static str,
 }
 
+/// The authorization outcome of one HTTP exchange over an established mTLS connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RequestResult {
+    /// Answered (server: the client passed `--allow-client`; client: a 2xx response).
+    Allowed,
+    /// Refused with a 403: the client is authenticated but not authorized.
+    Refused,
+    /// Neither: a malformed or timed-out request (server), or an unexpected status or an
+    /// unparseable response (client).
+    Error,
+}
+
+impl RequestResult {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RequestResult::Allowed => "allowed",
+            RequestResult::Refused => "refused",
+            RequestResult::Error => "error",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabels {
     role: &'static str,
@@ -68,6 +90,7 @@ pub(crate) struct Telemetry {
     role: Role,
     registry: Registry,
     handshakes: Family<HandshakeLabels, Counter>,
+    requests: Family<HandshakeLabels, Counter>,
     handshake_duration: Family<RoleLabels, Histogram>,
     expiration: Gauge,
     serial_info: Family<CertLabels, Gauge>,
@@ -91,6 +114,13 @@ impl Telemetry {
             "tlsid_demo_handshakes",
             "mTLS handshakes by role and result (success or failure)",
             handshakes.clone(),
+        );
+        let requests = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "tlsid_demo_requests",
+            "HTTP requests over completed mTLS handshakes, by role and authorization result \
+             (allowed, refused, error); a refused request is not a failed handshake",
+            requests.clone(),
         );
         let handshake_duration = Family::<RoleLabels, Histogram>::new_with_constructor(
             handshake_histogram as fn() -> Histogram,
@@ -142,6 +172,7 @@ impl Telemetry {
             role,
             registry,
             handshakes,
+            requests,
             handshake_duration,
             expiration,
             serial_info,
@@ -166,6 +197,16 @@ impl Telemetry {
         self.handshake_duration
             .get_or_create(&RoleLabels { role })
             .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn request(&self, result: RequestResult) {
+        let role = self.role.as_str();
+        self.requests
+            .get_or_create(&HandshakeLabels {
+                role,
+                result: result.as_str(),
+            })
+            .inc();
     }
 
     pub(crate) fn connect_failed(&self) {
@@ -257,7 +298,7 @@ async fn readyz(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
     } else {
         let why = match telemetry.role() {
             Role::Server => "not ready: no valid credentials loaded yet\n",
-            Role::Client => "not ready: no successful mTLS exchange yet\n",
+            Role::Client => "not ready: no completed mTLS exchange (HTTP response) yet\n",
         };
         (StatusCode::SERVICE_UNAVAILABLE, why)
     }

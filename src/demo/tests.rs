@@ -102,11 +102,18 @@ impl Ca {
     /// A workload certificate: the identity as URI SAN, plus `localhost` so the client can verify
     /// it by name, usable for both ends of mTLS like the ones tlsid issues.
     fn issue(&self, identity: &str) -> Leaf {
+        self.issue_with_uris(&[identity])
+    }
+
+    /// Like [`Ca::issue`] with any number of URI SANs (none: a DNS-only certificate).
+    fn issue_with_uris(&self, uris: &[&str]) -> Leaf {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params
-            .subject_alt_names
-            .insert(0, rcgen::SanType::URI(identity.try_into().unwrap()));
+        for (i, uri) in uris.iter().enumerate() {
+            params
+                .subject_alt_names
+                .insert(i, rcgen::SanType::URI((*uri).try_into().unwrap()));
+        }
         params.serial_number = Some(rcgen::SerialNumber::from(rand::random::<u64>()));
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
@@ -274,6 +281,11 @@ fn stop_signal() -> (
 }
 
 async fn start_server(dir: &CertDir) -> Running {
+    start_server_allowing(dir, &[]).await
+}
+
+/// A server with these `--allow-client` patterns.
+async fn start_server_allowing(dir: &CertDir, allow: &[&str]) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (addr, metrics_addr) = (
@@ -285,6 +297,7 @@ async fn start_server(dir: &CertDir) -> Running {
         listen: addr,
         metrics_listen: metrics_addr,
         reload_interval: RELOAD,
+        allow_client: allow.iter().map(|p| (*p).to_owned()).collect(),
     };
     let (stop, signal) = stop_signal();
     let task = tokio::spawn(server::serve(args, listener, metrics, signal));
@@ -401,6 +414,36 @@ fn handshakes(metrics: &str, role: &str, result: &str) -> f64 {
     )
 }
 
+fn requests(metrics: &str, role: &str, result: &str) -> f64 {
+    sample(
+        metrics,
+        &format!("tlsid_demo_requests_total{{role=\"{role}\",result=\"{result}\"}}"),
+    )
+}
+
+/// The reply of a completed exchange, which must have been an HTTP response.
+fn reply(ok: &client::Exchange) -> &client::Reply {
+    ok.reply.as_ref().expect("an HTTP response")
+}
+
+/// The JSON body of a demo server's response (`reply` is its printable one-line form).
+fn json(reply: &client::Reply) -> serde_json::Value {
+    serde_json::from_str(&reply.text).unwrap_or_else(|e| panic!("{e}: {}", reply.text))
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+
+/// Send `request` on an established stream and read the whole response (until close_notify).
+async fn request_on<S>(tls: &mut S, request: &[u8]) -> io::Result<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tls.write_all(request).await?;
+    let mut response = String::new();
+    tls.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
 fn client_config_without_cert(bundle: &str) -> ClientConfig {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
@@ -413,10 +456,20 @@ fn client_config_without_cert(bundle: &str) -> ClientConfig {
         .with_no_client_auth()
 }
 
-/// A raw exchange with an arbitrary rustls client: returns the reply or the error text.
+/// A raw exchange with an arbitrary rustls client sending `GET /`: the whole response (head and
+/// body) and the TLS version, or the error text.
 async fn raw_exchange(
     server: SocketAddr,
     config: ClientConfig,
+) -> Result<(String, String), String> {
+    raw_request(server, config, GET).await
+}
+
+/// Like [`raw_exchange`] with any bytes as the request.
+async fn raw_request(
+    server: SocketAddr,
+    config: ClientConfig,
+    request: &[u8],
 ) -> Result<(String, String), String> {
     let tcp = TcpStream::connect(server)
         .await
@@ -426,12 +479,11 @@ async fn raw_exchange(
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())?;
-    let mut reply = String::new();
-    tls.read_to_string(&mut reply)
+    let response = request_on(&mut tls, request)
         .await
         .map_err(|e| e.to_string())?;
     let version = format!("{:?}", tls.get_ref().1.protocol_version());
-    Ok((reply, version))
+    Ok((response, version))
 }
 
 // === The tests ===
@@ -447,23 +499,33 @@ async fn mutual_tls_both_ways() {
     wait_ready(&server).await;
     assert_eq!(http_get(server.metrics, "/healthz").await.0, 200);
 
-    // The client sees the server's identity; the server's reply names the client's.
+    // The client sees the server's identity; the server's JSON names the client's.
     let ok = exchange(server.addr, &creds(&client_leaf, &ca.pem))
         .await
         .expect("mTLS exchange");
     assert_eq!(ok.peer.identity, SERVER_ID);
     assert_eq!(ok.peer.serial, server_leaf.serial);
     assert_eq!(ok.version, "TLSv1.3");
+    assert_eq!(ok.alpn, "http/1.1");
+    let got = reply(&ok);
+    assert_eq!(got.status, 200);
+    assert_eq!(got.decision.as_deref(), Some("allowed"));
+    assert_eq!(got.seen_as.as_deref(), Some(CLIENT_ID));
     assert_eq!(
-        ok.reply,
-        format!(
-            "hello {CLIENT_ID} from {SERVER_ID}, your serial {}",
-            client_leaf.serial
-        )
+        json(got),
+        serde_json::json!({
+            "peer": CLIENT_ID,
+            "peerSerial": client_leaf.serial,
+            "server": SERVER_ID,
+            "serverSerial": server_leaf.serial,
+            "decision": "allowed",
+            "reason": "no --allow-client given: every verified client is allowed",
+        })
     );
 
     let metrics = server.metrics().await;
     assert_eq!(handshakes(&metrics, "server", "success"), 1.0);
+    assert_eq!(requests(&metrics, "server", "allowed"), 1.0);
     assert_eq!(
         serial_label(&metrics, "tlsid_demo_certificate_serial_info"),
         Some(server_leaf.serial.clone())
@@ -490,6 +552,7 @@ async fn mutual_tls_both_ways() {
         &format!("peer_serial={}", client_leaf.serial),
         &format!("own_serial={}", server_leaf.serial),
         "tls_version=TLSv1.3",
+        "alpn=http/1.1",
         "latency_ms=",
     ]);
 
@@ -511,12 +574,22 @@ async fn mutual_tls_both_ways() {
         )
         .unwrap();
     tls12.resumption = rustls::client::Resumption::disabled();
-    let (reply, version) = raw_exchange(server.addr, tls12)
+    let (response, version) = raw_exchange(server.addr, tls12)
         .await
         .expect("TLS 1.2 exchange");
-    assert!(reply.starts_with(&format!("hello {CLIENT_ID}")), "{reply}");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(
+        response.contains(&format!("\"peer\":\"{CLIENT_ID}\"")),
+        "{response}"
+    );
     assert_eq!(version, "Some(TLSv1_2)");
-    logs.assert_line(&["mTLS handshake ok", "role=server", "tls_version=TLSv1.2"]);
+    // A client offering no ALPN is served all the same.
+    logs.assert_line(&[
+        "mTLS handshake ok",
+        "role=server",
+        "tls_version=TLSv1.2",
+        "alpn=-",
+    ]);
 
     // The client loop reports the server's identity the same way, and --count ends it cleanly.
     let client_dir = dir_with(&client_leaf, &ca.pem);
@@ -532,6 +605,9 @@ async fn mutual_tls_both_ways() {
         &format!("peer={SERVER_ID}"),
         &format!("peer_serial={}", server_leaf.serial),
         &format!("own_serial={}", client_leaf.serial),
+        "status=200",
+        "decision=allowed",
+        "reply={\"peer\":",
     ]);
     server.stop().await.unwrap();
     assert!(
@@ -559,7 +635,11 @@ async fn chains_through_an_intermediate_verify_against_the_root() {
         .await
         .expect("mTLS via intermediate");
     assert_eq!(ok.peer.serial, server_leaf.serial);
-    assert!(ok.reply.contains(&client_leaf.serial), "{}", ok.reply);
+    assert!(
+        reply(&ok).text.contains(&client_leaf.serial),
+        "{:?}",
+        ok.reply
+    );
 
     // Without its intermediate the client's leaf no longer chains to the root.
     let bare = Leaf {
@@ -632,16 +712,17 @@ async fn rotation_is_picked_up_without_failures_or_dropped_connections() {
         .connect(name, in_flight)
         .await
         .expect("in-flight handshake");
-    let mut reply = String::new();
-    tls.read_to_string(&mut reply)
-        .await
-        .expect("in-flight reply");
+    let response = request_on(&mut tls, GET).await.expect("in-flight reply");
     let served = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
     assert_eq!(
         CertSummary::from_der(&served).unwrap().serial,
         server_v1.serial
     );
-    assert!(reply.starts_with("hello "), "{reply}");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        response.contains(&format!("\"serverSerial\":\"{}\"", server_v1.serial)),
+        "{response}"
+    );
 
     eventually(
         "the client to present and see the new certificates",
@@ -951,15 +1032,367 @@ async fn waits_for_credentials_and_drains_on_shutdown() {
         .connect(name, in_flight)
         .await
         .expect("in-flight handshake");
-    let mut reply = String::new();
-    tls.read_to_string(&mut reply)
-        .await
-        .expect("in-flight reply");
-    assert!(reply.starts_with(&format!("hello {CLIENT_ID}")), "{reply}");
+    let response = request_on(&mut tls, GET).await.expect("in-flight reply");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(
+        response.contains(&format!("\"peer\":\"{CLIENT_ID}\"")),
+        "{response}"
+    );
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
     logs.assert_line(&["shutting down", "in_flight=1"]);
+}
+
+// === HTTP and authorization ===
+
+const SHOP_CLIENT: &str = "spiffe://cluster.local/ns/shop/sa/shopper";
+const SHOPPING_CLIENT: &str = "spiffe://cluster.local/ns/shopping/sa/shopper";
+const SHOP_PATTERN: &str = "spiffe://cluster.local/ns/shop/*";
+
+#[tokio::test]
+async fn allow_client_authorizes_after_authenticating() {
+    let (logs, _guard) = Logs::capture();
+    let ca = Ca::new("cluster CA");
+    let server_leaf = ca.issue(SERVER_ID);
+    let server_dir = dir_with(&server_leaf, &ca.pem);
+    let server = start_server_allowing(&server_dir, &[SHOP_PATTERN]).await;
+    wait_ready(&server).await;
+    logs.assert_line(&["serving mTLS", &format!("allow_client={SHOP_PATTERN}")]);
+
+    // In the namespace: allowed, and told which rule matched.
+    let shopper = ca.issue(SHOP_CLIENT);
+    let ok = exchange(server.addr, &creds(&shopper, &ca.pem))
+        .await
+        .expect("allowed exchange");
+    let got = reply(&ok);
+    assert_eq!(
+        (got.status, got.decision.as_deref()),
+        (200, Some("allowed"))
+    );
+    assert_eq!(
+        got.json_reason.as_deref(),
+        Some(format!("URI SAN {SHOP_CLIENT} matches --allow-client {SHOP_PATTERN}").as_str())
+    );
+
+    // Another namespace (whose name merely starts the same): authenticated, then refused.
+    let outsider = ca.issue(SHOPPING_CLIENT);
+    let ok = exchange(server.addr, &creds(&outsider, &ca.pem))
+        .await
+        .expect("a refusal is a completed exchange, not a failed handshake");
+    let got = reply(&ok);
+    assert_eq!(
+        (got.status, got.decision.as_deref()),
+        (403, Some("refused"))
+    );
+    assert_eq!(ok.peer.identity, SERVER_ID);
+    let body = json(got);
+    assert_eq!(body["peer"], SHOPPING_CLIENT);
+    assert_eq!(body["peerSerial"], outsider.serial.as_str());
+    assert_eq!(body["server"], SERVER_ID);
+    assert_eq!(
+        body["reason"],
+        format!("no URI SAN matches --allow-client {SHOP_PATTERN}")
+    );
+    logs.assert_line(&[
+        "WARN",
+        "request refused",
+        "role=server",
+        "result=refused",
+        &format!("peer={SHOPPING_CLIENT}"),
+        &format!("peer_serial={}", outsider.serial),
+        &format!("reason=no URI SAN matches --allow-client {SHOP_PATTERN}"),
+        "status=403",
+    ]);
+
+    // No URI SAN at all: refused, with that reason.
+    let dns_only = ca.issue_with_uris(&[]);
+    let ok = exchange(server.addr, &creds(&dns_only, &ca.pem))
+        .await
+        .expect("DNS-only exchange");
+    let got = reply(&ok);
+    assert_eq!(got.status, 403);
+    assert!(
+        got.reason().contains("has no URI SAN (SPIFFE ID)"),
+        "{}",
+        got.reason()
+    );
+    assert_eq!(got.seen_as.as_deref(), Some("localhost"));
+
+    // Several URI SANs: one in the namespace is enough.
+    let several = ca.issue_with_uris(&[SHOPPING_CLIENT, SHOP_CLIENT]);
+    let ok = exchange(server.addr, &creds(&several, &ca.pem))
+        .await
+        .expect("exchange");
+    assert_eq!(reply(&ok).status, 200);
+
+    // The handshakes all succeeded: authorization is a later, separate decision.
+    let metrics = server.metrics().await;
+    assert_eq!(handshakes(&metrics, "server", "success"), 4.0);
+    assert_eq!(handshakes(&metrics, "server", "failure"), 0.0);
+    assert_eq!(requests(&metrics, "server", "allowed"), 2.0);
+    assert_eq!(requests(&metrics, "server", "refused"), 2.0);
+
+    // The client loop: a WARN line with the server's reason, not a handshake failure; --count
+    // still makes it an error.
+    let outsider_dir = dir_with(&outsider, &ca.pem);
+    let looping = start_client(&outsider_dir, server.addr, Some(2)).await;
+    let result = tokio::time::timeout(Duration::from_secs(5), looping.task)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = result.expect_err("a refused run must fail");
+    assert!(err.to_string().contains("2 were refused"), "{err}");
+    logs.assert_line(&[
+        "WARN",
+        "request refused",
+        "role=client",
+        "result=refused",
+        &format!("peer={SERVER_ID}"),
+        &format!("reason=no URI SAN matches --allow-client {SHOP_PATTERN}"),
+        "status=403",
+    ]);
+    logs.assert_line(&["demo client stopped", "failures=0", "refusals=2"]);
+    assert!(
+        logs.lines_with(&["role=client", "mTLS handshake failed"])
+            .is_empty(),
+        "{}",
+        logs.text()
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_client_is_ready_and_counts_no_failed_handshake() {
+    let ca = Ca::new("cluster CA");
+    let server_dir = dir_with(&ca.issue(SERVER_ID), &ca.pem);
+    let server =
+        start_server_allowing(&server_dir, &["spiffe://cluster.local/ns/elsewhere/*"]).await;
+    wait_ready(&server).await;
+    let client_dir = dir_with(&ca.issue(CLIENT_ID), &ca.pem);
+    let client = start_client(&client_dir, server.addr, None).await;
+    wait_ready(&client).await;
+    eventually("a few refusals", || async {
+        requests(&client.metrics().await, "client", "refused") >= 2.0
+    })
+    .await;
+    let metrics = client.metrics().await;
+    assert!(
+        handshakes(&metrics, "client", "success") >= 2.0,
+        "{metrics}"
+    );
+    assert_eq!(handshakes(&metrics, "client", "failure"), 0.0, "{metrics}");
+    assert_eq!(requests(&metrics, "client", "allowed"), 0.0, "{metrics}");
+    client
+        .stop()
+        .await
+        .expect("without --count, refusals are not an error");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn star_allows_every_verified_client_but_not_an_unverified_one() {
+    let ca = Ca::new("cluster CA");
+    let other_ca = Ca::new("someone else's CA");
+    let server_dir = dir_with(&ca.issue(SERVER_ID), &ca.pem);
+    let server = start_server_allowing(&server_dir, &["*"]).await;
+    wait_ready(&server).await;
+    for leaf in [ca.issue("spiffe://anywhere/x"), ca.issue_with_uris(&[])] {
+        let ok = exchange(server.addr, &creds(&leaf, &ca.pem))
+            .await
+            .expect("exchange");
+        assert_eq!(reply(&ok).status, 200);
+        assert_eq!(
+            reply(&ok).json_reason.as_deref(),
+            Some("--allow-client * allows every verified client")
+        );
+    }
+    let failed = exchange(server.addr, &creds(&other_ca.issue(CLIENT_ID), &ca.pem))
+        .await
+        .expect_err("authentication comes first");
+    assert!(
+        failed.reason.contains("rejected by the server"),
+        "{}",
+        failed.reason
+    );
+    server.stop().await.unwrap();
+}
+
+/// A client certificate presented over a plain rustls client, for sending arbitrary bytes.
+fn raw_client_config(leaf: &Leaf, bundle: &str) -> ClientConfig {
+    let client = creds(leaf, bundle);
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    ClientConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(super::PROTOCOL_VERSIONS)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            client.certified.cert.clone(),
+            PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap(),
+        )
+        .unwrap()
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_4xx_not_a_handshake_failure() {
+    let (logs, _guard) = Logs::capture();
+    let ca = Ca::new("cluster CA");
+    let server_dir = dir_with(&ca.issue(SERVER_ID), &ca.pem);
+    let server = start_server(&server_dir).await;
+    wait_ready(&server).await;
+    let client_leaf = ca.issue(CLIENT_ID);
+
+    // What the previous demo client did, and a hand-typed line: not HTTP/1.1.
+    for (request, why) in [
+        (&b"hello\r\n\r\n"[..], "is not METHOD TARGET HTTP/1.1"),
+        (b"GET / HTTP/1.1\r\n\r\n", "exactly one Host header"),
+    ] {
+        let (response, _) = raw_request(
+            server.addr,
+            raw_client_config(&client_leaf, &ca.pem),
+            request,
+        )
+        .await
+        .expect("a response");
+        assert!(
+            response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{response}"
+        );
+        assert!(
+            response.contains("Content-Type: application/json\r\n"),
+            "{response}"
+        );
+        assert!(response.contains(why), "{response}");
+        assert!(
+            response.contains(&format!("\"peer\":\"{CLIENT_ID}\"")),
+            "{response}"
+        );
+    }
+    logs.assert_line(&[
+        "WARN",
+        "bad request",
+        "role=server",
+        "result=error",
+        &format!("peer={CLIENT_ID}"),
+        "status=400",
+        "is not METHOD TARGET",
+    ]);
+
+    // A head larger than the limit.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nX-Padding: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let (response, _) = raw_request(
+        server.addr,
+        raw_client_config(&client_leaf, &ca.pem),
+        huge.as_bytes(),
+    )
+    .await
+    .expect("a response");
+    assert!(
+        response.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{response}"
+    );
+
+    // HEAD: the headers alone.
+    let (response, _) = raw_request(
+        server.addr,
+        raw_client_config(&client_leaf, &ca.pem),
+        b"HEAD /anything HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await
+    .expect("a response");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    assert!(response.ends_with("\r\n\r\n"), "{response}");
+
+    let metrics = server.metrics().await;
+    assert_eq!(handshakes(&metrics, "server", "success"), 4.0);
+    assert_eq!(handshakes(&metrics, "server", "failure"), 0.0);
+    assert_eq!(requests(&metrics, "server", "error"), 3.0);
+    assert_eq!(requests(&metrics, "server", "allowed"), 1.0);
+    server.stop().await.unwrap();
+}
+
+/// `curl` must be on PATH: a missing curl fails this test rather than skipping it.
+async fn curl(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(&args)
+            .output()
+            .expect("curl must be installed to run this test")
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn plain_curl_gets_the_json() {
+    let ca = Ca::new("cluster CA");
+    let server_dir = dir_with(&ca.issue(SERVER_ID), &ca.pem);
+    let server = start_server_allowing(&server_dir, &[SHOP_PATTERN]).await;
+    wait_ready(&server).await;
+
+    for (identity, status, decision) in [
+        (SHOP_CLIENT, "200", "allowed"),
+        (SHOPPING_CLIENT, "403", "refused"),
+    ] {
+        let leaf = ca.issue(identity);
+        let client_dir = dir_with(&leaf, &ca.pem);
+        let file = |name: &str| client_dir.path.join(name).display().to_string();
+        let url = format!("https://localhost:{}/", server.addr.port());
+        // `-v` for the ALPN line, `-i` for the status line and headers; nothing changes the protocol.
+        let out = curl(vec![
+            "-sS".into(),
+            "-v".into(),
+            "-i".into(),
+            "--max-time".into(),
+            "10".into(),
+            "--cacert".into(),
+            file(CA_CRT),
+            "--cert".into(),
+            file(TLS_CRT),
+            "--key".into(),
+            file(TLS_KEY),
+            url,
+        ])
+        .await;
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "curl failed: {stderr}");
+        assert!(
+            stdout.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{stdout}\n{stderr}"
+        );
+        assert!(
+            stdout
+                .to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{stdout}"
+        );
+        let body = stdout.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let body: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        assert_eq!(body["peer"], identity);
+        assert_eq!(body["peerSerial"], leaf.serial.as_str());
+        assert_eq!(body["server"], SERVER_ID);
+        assert_eq!(body["decision"], decision);
+        // curl offers h2 and http/1.1 when it can; the server picks http/1.1. A curl without
+        // HTTP/2 support may offer http/1.1 alone, which is the same answer.
+        if stderr.contains("ALPN") {
+            assert!(
+                stderr.contains("server accepted http/1.1")
+                    || stderr.contains("server accepted to use http/1.1"),
+                "{stderr}"
+            );
+        }
+    }
+    server.stop().await.unwrap();
 }

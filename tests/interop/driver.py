@@ -112,6 +112,23 @@ def demo_record(line):
     return rec if isinstance(rec, dict) else None
 
 
+# What `tlsid demo client` logs once per attempt (the driver reads the first of these).
+DEMO_CLIENT_RESULTS = ("mTLS handshake ok", "mTLS handshake failed", "request refused", "request failed")
+
+
+def answered(body):
+    """Whether a response body is a server's positive answer: the peers' greeting text ("hello … from
+    go"), or the tlsid demo server's JSON with "decision": "allowed"."""
+    body = (body or "").strip()
+    if body.startswith("hello"):
+        return True
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("decision") == "allowed"
+
+
 def demo_server_line(name, line):
     """Translate the demo server's log into the driver's LISTEN / LOADFAIL / CONN lines."""
     rec = demo_record(line)
@@ -268,11 +285,11 @@ class Agent:
             if line.startswith("RESULT\t"):
                 self.out.put(line.rstrip("\n").split("\t", 4))
 
-    def run(self, port, server_name, ident, version, nocert, proto, timeout=30):
+    def run(self, port, server_name, ident, version, nocert, timeout=30):
         self.n += 1
         case_id = str(self.n)
         self.proc.stdin.write("\t".join([case_id, str(port), server_name, ident.dir, version,
-                                         "1" if nocert else "0", ident.password_file, proto]) + "\n")
+                                         "1" if nocert else "0", ident.password_file]) + "\n")
         self.proc.stdin.flush()
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -440,24 +457,25 @@ class Stacks:
                                     "-cp", self.java_cp, "Interop", "client"])
         return agents
 
-    def client(self, stack, agents, port, server_name, ident, version, nocert, proto):
-        """Run one client attempt: (ok, negotiated version or None, detail)."""
+    def client(self, stack, agents, port, server_name, ident, version, nocert):
+        """Run one client attempt: (ok, negotiated version or None, detail). Every client sends
+        GET / over HTTP/1.1 (the tlsid demo server speaks HTTPS too)."""
         if stack in agents:
-            return agents[stack].run(port, server_name, ident, version, nocert, proto)
+            return agents[stack].run(port, server_name, ident, version, nocert)
         if stack == "curl":
             pin = {"1.3": ["--tlsv1.3", "--tls-max", "1.3"], "1.2": ["--tlsv1.2", "--tls-max", "1.2"]}[version]
             argv = ["curl", "-sS", "-v", "--max-time", "10", "--cacert", os.path.join(ident.dir, "ca.crt"),
                     "--resolve", f"{server_name}:{port}:127.0.0.1", *pin]
-            if proto == "raw":
-                argv.append("--http0.9")  # the demo server answers with its greeting line, no HTTP headers
             if not nocert:
                 argv += ["--cert", os.path.join(ident.dir, "tls.crt"), "--key", os.path.join(ident.dir, "tls.key")]
             argv.append(f"https://{server_name}:{port}/")
             r = subprocess.run(argv, capture_output=True, text=True, timeout=20)
             m = re.search(r"SSL connection using (TLSv1\.[23])", r.stderr)
             ver = norm_version(m.group(1)) if m else None
-            if r.returncode == 0 and r.stdout.startswith("hello"):
-                return True, ver, r.stdout.strip()
+            if r.returncode == 0 and answered(r.stdout):
+                return True, ver, one_line(r.stdout)
+            if r.returncode == 0:  # an HTTP response, but not a positive answer (e.g. the demo's 403)
+                return False, ver, "response: " + one_line(r.stdout)
             errs = [l for l in r.stderr.splitlines() if l.startswith("curl:") or "alert" in l.lower()]
             return False, ver, " ".join(errs) or one_line(r.stderr[-300:])
         if stack == "openssl":
@@ -468,12 +486,13 @@ class Stacks:
             if not nocert:
                 argv += ["-cert", os.path.join(ident.dir, "tls.crt"), "-cert_chain", os.path.join(ident.dir, "tls.crt"),
                          "-key", os.path.join(ident.dir, "tls.key")]
-            request = "" if proto == "raw" else f"GET / HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n"
+            request = f"GET / HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n"
             r = subprocess.run(argv, input=request, capture_output=True, text=True, timeout=20)
             m = re.search(r"Protocol version: (TLSv1\.[23])", r.stderr)
             ver = norm_version(m.group(1)) if m else None
-            if "hello " in r.stdout:
-                return True, ver, one_line(r.stdout.strip().splitlines()[-1])
+            body = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+            if re.search(r"^HTTP/1\.[01] 2\d\d ", r.stdout, re.M) and answered(body):
+                return True, ver, one_line(body)
             errs = [l for l in r.stderr.splitlines() if re.search(r"error|verify|alert", l, re.I)]
             return False, ver, one_line(" ".join(errs) or r.stderr[-300:] or f"exit {r.returncode}")
         if stack == "rustls":
@@ -487,12 +506,19 @@ class Stacks:
                     err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
                     return False, None, "timed out: " + one_line(err[-300:])
                 recs = [x for x in map(demo_record, r.stderr.splitlines()) if x]
-                hs = next((x for x in recs if x.get("message", "").startswith("mTLS handshake")), None)
+                # One line per attempt: "mTLS handshake ok" (a 2xx; reply = the body), "mTLS handshake
+                # failed", "request refused" (403) or "request failed" (another status, or not HTTP).
+                hs = next((x for x in recs if x.get("message") in DEMO_CLIENT_RESULTS), None)
                 if hs is None:
                     waiting = next((x for x in recs if x.get("message") == "waiting for valid credentials"), None)
                     return False, None, one_line(waiting.get("error") if waiting else (r.stdout + r.stderr)[-400:])
-                ok = r.returncode == 0 and hs.get("result") == "ok"
-                return ok, norm_version(hs.get("tls_version")), hs.get("reply") if ok else hs.get("reason", "")
+                ok = r.returncode == 0 and hs.get("message") == "mTLS handshake ok" and hs.get("result") == "ok"
+                if ok:
+                    return True, norm_version(hs.get("tls_version")), hs.get("reply", "")
+                why = hs.get("reason", "")
+                if hs.get("message") != "mTLS handshake failed":
+                    why = f"{hs.get('message')} (HTTP status {hs.get('status', '?')}): {why}"
+                return False, norm_version(hs.get("tls_version")), why
             env = dict(os.environ, TLSID_INTEROP_RUSTLS=json.dumps(
                 ["client", "--cert-dir", ident.dir, "--connect", f"127.0.0.1:{port}", "--server-name", server_name,
                  "--count", "1", "--tls", version]))
@@ -645,10 +671,9 @@ def main():
                                 f" (server could not load the identity)")
                             continue
                         srv.drain(lname)
-                        proto = "raw" if (server == "rustls" and st.rustls_mode == "demo") else "http"
                         t0 = time.time()
                         ok, got_ver, detail = st.client(client, agents, srv.ports[lname], args.server_name, ident,
-                                                        version, False, proto)
+                                                        version, False)
                         s_ok, s_text = srv.event(lname)
                         problems = []
                         if not ok:
@@ -726,9 +751,8 @@ def run_negatives(st, agents, servers, server_stacks, client_stacks, versions, b
                                         f"{server} server could not load {lname}: {srv.loadfail[lname]}"))
                     continue
                 srv.drain(lname)
-                proto = "raw" if (server == "rustls" and st.rustls_mode == "demo") else "http"
                 ok, _, detail = st.client(client, agents, srv.ports[lname], server_name, client_ident, version,
-                                          nocert, proto)
+                                          nocert)
                 s_ok, s_text = srv.event(lname)
                 verifier_err, peer_err = (detail, s_text) if judge == "client" else (s_text, detail)
                 if ok:

@@ -5,7 +5,8 @@
 //! Output, one line per event, for the driver:
 //! - server: `CONN ok <version> <peer subject>` or `CONN fail <error>`; it answers a GET with HTTP/1.1
 //!   and a silent client with a greeting line;
-//! - client: `RESULT ok <version> <first response line>` or `RESULT fail <error>`.
+//! - client: sends `GET /` (as `tlsid demo client` does), then `RESULT ok <version> <status line>` for
+//!   a 2xx or `RESULT fail <error or status line>`.
 
 use rustls::{
     ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned,
@@ -198,6 +199,9 @@ fn client(a: Args) -> bool {
             reader.read_line(&mut line).map_err(|e| e.to_string())?;
             if line.is_empty() {
                 return Err("connection closed without a response".into());
+            }
+            if !line.starts_with("HTTP/1.1 2") && !line.starts_with("HTTP/1.0 2") {
+                return Err(format!("not a 2xx response: {}", line.trim_end()));
             }
             let version = format!("{:?}", tls.conn.protocol_version());
             Ok(format!("{version} {}", line.trim_end()))

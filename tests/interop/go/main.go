@@ -5,11 +5,12 @@
 //	interop server NAME|DIR|TLS ...   one listener per argument on 127.0.0.1:0; prints "LISTEN NAME PORT",
 //	                                  then per connection "CONN NAME ok VERSION PEER" or "CONN NAME fail ERROR"
 //	                                  ("LOADFAIL NAME ERROR" when the identity cannot be loaded)
-//	interop client                    reads cases "ID\tPORT\tSERVERNAME\tDIR\tTLS\tNOCERT\tPWFILE\tPROTO" from
-//	                                  stdin (PROTO: http = GET over net/http as in the seed; raw = handshake and
-//	                                  read until close) and prints "RESULT\tID\tok|fail\tVERSION\tDETAIL" for each
+//	interop client                    reads cases "ID\tPORT\tSERVERNAME\tDIR\tTLS\tNOCERT\tPWFILE" from stdin,
+//	                                  does a GET over net/http as in the seed (a non-200 status is a failure) and
+//	                                  prints "RESULT\tID\tok|fail\tVERSION\tDETAIL" for each
 //
-// The server answers a GET with HTTP/1.1 and a silent client (the tlsid demo client) with a greeting line.
+// The server answers a GET (curl, the HTTP clients, the tlsid demo client) with HTTP/1.1 200 and a text
+// greeting, and a client that sends nothing (openssl s_client without input) with the greeting line alone.
 //
 // DIR is a mounted kubernetes.io/tls Secret: tls.crt (leaf + intermediates), tls.key, ca.crt (roots).
 // TLS is 1.2, 1.3 or any.
@@ -64,8 +65,7 @@ func roots(dir string) (*x509.CertPool, error) {
 }
 
 // respond answers one accepted connection after its handshake: an HTTP/1.1 response when the client
-// sends a request within a moment (curl, HTTP clients), else a one-line greeting (like the tlsid demo
-// server, whose client sends nothing and reads until close).
+// sends a request within a moment (every client of the matrix), else a one-line greeting.
 func respond(conn *tls.Conn, peer, stack string) {
 	conn.SetReadDeadline(time.Now().Add(400 * time.Millisecond))
 	var head []byte
@@ -139,7 +139,6 @@ func serve(spec string) {
 
 func attempt(fields []string) (string, string, error) {
 	port, serverName, dir, v, nocert := fields[1], fields[2], fields[3], fields[4], fields[5] == "1"
-	raw := len(fields) > 7 && fields[7] == "raw"
 	pool, err := roots(dir)
 	if err != nil {
 		return "", "", err
@@ -152,24 +151,6 @@ func attempt(fields []string) (string, string, error) {
 			return "", "", err
 		}
 		cfg.Certificates = []tls.Certificate{cert}
-	}
-	if raw {
-		// A server that greets without a request (the tlsid demo): handshake, read until close.
-		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", "127.0.0.1:"+port, cfg)
-		if err != nil {
-			return "", "", err
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		reply, err := io.ReadAll(conn)
-		version := tls.VersionName(conn.ConnectionState().Version)
-		if err != nil {
-			return version, "", err
-		}
-		if len(reply) == 0 {
-			return version, "", fmt.Errorf("connection closed without a reply")
-		}
-		return version, strings.TrimSpace(string(reply)), nil
 	}
 	var version string
 	dialer := &net.Dialer{Timeout: 5 * time.Second}
@@ -195,7 +176,7 @@ func attempt(fields []string) (string, string, error) {
 		version = tls.VersionName(resp.TLS.Version)
 	}
 	if resp.StatusCode != 200 {
-		return version, "", fmt.Errorf("HTTP status %s", resp.Status)
+		return version, "", fmt.Errorf("HTTP status %s: %s", resp.Status, strings.TrimSpace(string(body)))
 	}
 	return version, strings.TrimSpace(string(body)), nil
 }

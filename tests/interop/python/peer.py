@@ -2,15 +2,16 @@
 """Python `ssl` (OpenSSL) peers for the tlsid interop matrix, stdlib only.
 
 The server has the seed tutorial's TLS set-up (`SSLContext` + `load_cert_chain` from the mounted Secret)
-with mutual TLS switched on (`load_verify_locations(ca.crt)`, `CERT_REQUIRED`); it answers a GET with
-HTTP/1.1 and a silent client (the tlsid demo client) with a greeting line. The client is an
-`ssl.SSLContext` client that verifies the server's name and presents its own certificate, as in the
-seed socket/HTTPS clients (PROTO http: `http.client`; raw: handshake and read until close).
+with mutual TLS switched on (`load_verify_locations(ca.crt)`, `CERT_REQUIRED`); it answers a GET (curl,
+the HTTP clients, the tlsid demo client) with HTTP/1.1 200 and a text greeting, and a client that sends
+nothing with the greeting line alone. The client is an `ssl.SSLContext` client that verifies the server's
+name and presents its own certificate, as in the seed HTTPS client (`http.client` GET /; a status other
+than 200 is a failure).
 
     peer.py server NAME|DIR|TLS ...   one listener per argument on 127.0.0.1:0: prints "LISTEN NAME PORT",
                                       then per connection "CONN NAME ok VERSION PEER" / "CONN NAME fail ERROR"
                                       ("LOADFAIL NAME ERROR" when the identity cannot be loaded)
-    peer.py client                    reads "ID\\tPORT\\tSERVERNAME\\tDIR\\tTLS\\tNOCERT\\tPWFILE\\tPROTO" lines from stdin and
+    peer.py client                    reads "ID\\tPORT\\tSERVERNAME\\tDIR\\tTLS\\tNOCERT\\tPWFILE" lines from stdin and
                                       prints "RESULT\\tID\\tok|fail\\tVERSION\\tDETAIL" for each
 """
 import http.client
@@ -55,7 +56,7 @@ def subject(cert):
 
 def respond(tls, peer):
     """After the handshake: an HTTP/1.1 response when the client sends a request within a moment
-    (HTTP clients, curl), else a one-line greeting (the tlsid demo client sends nothing)."""
+    (every client of the matrix), else a one-line greeting."""
     tls.settimeout(0.4)
     head = b""
     try:
@@ -131,25 +132,12 @@ class LoopbackHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
-def attempt(port, server_name, cert_dir, version, nocert, raw):
+def attempt(port, server_name, cert_dir, version, nocert):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED by default
     pin(ctx, version)
     ctx.load_verify_locations(cafile=os.path.join(cert_dir, "ca.crt"))
     if not nocert:
         ctx.load_cert_chain(os.path.join(cert_dir, "tls.crt"), os.path.join(cert_dir, "tls.key"))
-    if raw:
-        # A server that greets without a request (the tlsid demo): handshake, read until close.
-        with socket.create_connection(("127.0.0.1", int(port)), timeout=10) as sock:
-            with ctx.wrap_socket(sock, server_hostname=server_name) as tls:
-                reply = b""
-                while True:
-                    chunk = tls.recv(4096)
-                    if not chunk:
-                        break
-                    reply += chunk
-                if not reply:
-                    raise RuntimeError("connection closed without a reply")
-                return tls.version(), reply.decode(errors="replace").strip()
     conn = LoopbackHTTPSConnection(server_name, int(port), context=ctx, timeout=10)
     try:
         conn.request("GET", "/", headers={"Connection": "close"})
@@ -157,7 +145,7 @@ def attempt(port, server_name, cert_dir, version, nocert, raw):
         body = resp.read().decode(errors="replace").strip()
         ver = conn.sock.version() if conn.sock else "-"
         if resp.status != 200:
-            raise RuntimeError(f"HTTP status {resp.status}")
+            raise RuntimeError(f"HTTP status {resp.status}: {body}")
         return ver, body
     finally:
         conn.close()
@@ -170,9 +158,8 @@ def client():
             emit(f"RESULT\t?\tfail\t-\tbad case line {line!r}")
             continue
         case_id, port, server_name, cert_dir, version, nocert = fields[:6]
-        raw = len(fields) > 7 and fields[7] == "raw"
         try:
-            ver, body = attempt(port, server_name, cert_dir, version, nocert == "1", raw)
+            ver, body = attempt(port, server_name, cert_dir, version, nocert == "1")
             emit(f"RESULT\t{case_id}\tok\t{ver}\t{body}")
         except Exception as exc:  # every failure is a result, never a crash
             emit(f"RESULT\t{case_id}\tfail\t-\t{describe(exc)}")
