@@ -35,6 +35,8 @@ const SYSTEM_NS: &str = "tlsid-system";
 const SERVER: &str = "demo-server";
 const CLIENT: &str = "demo-client";
 const IMPOSTOR: &str = "demo-impostor";
+/// A namespace with a client of the demo server (examples/mtls-other-namespace.yaml).
+const OTHER_NS: &str = "tlsid-demo-other";
 const METRICS_PORT: u16 = 9090;
 const FIELD_MANAGER: &str = "tlsid-e2e";
 /// Pods start from an image already on the node: a minute is plenty for anything but a rotation.
@@ -289,6 +291,105 @@ async fn mtls_demo_on_a_real_node() {
         strip_ansi(&rejection)
     ));
     e2e.delete_deployment(IMPOSTOR).await;
+
+    // === tenancy: names are checked at admission, and the demo server authorizes ===
+    // In the cluster, through the Service the chart made: the apiserver calls the webhook.
+    let foreign = TlsIdentity::new(
+        "claims-kube-system",
+        serde_json::from_value(serde_json::json!({"dnsNames": ["api.kube-system.svc"]})).unwrap(),
+    );
+    let refusal = e2e
+        .identities()
+        .create(&Default::default(), &foreign)
+        .await
+        .expect_err("a foreign name is refused at admission");
+    assert!(
+        refusal.to_string().contains(&format!(
+            "dnsNames[0] \"api.kube-system.svc\" is outside namespace {NS}"
+        )),
+        "{refusal}"
+    );
+    step(&format!("webhook: {refusal}"));
+    // Every pod ran in namespaces that enforce the restricted Pod Security Standard.
+    e2e.apply_file("examples/mtls-other-namespace.yaml").await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(e2e.client.clone());
+    for ns in [NS, SYSTEM_NS, OTHER_NS] {
+        let labels = namespaces.get(ns).await.expect("namespace").metadata.labels;
+        assert_eq!(
+            labels
+                .as_ref()
+                .and_then(|l| l.get("pod-security.kubernetes.io/enforce"))
+                .map(String::as_str),
+            Some("restricted"),
+            "{ns}"
+        );
+    }
+    // A client from another namespace: its handshake succeeds (same CA), its requests are refused.
+    let refused_before = after.server.requests("server", "refused");
+    let allowed_before = after.client.requests("client", "allowed");
+    let other_pods: Api<Pod> = Api::namespaced(e2e.client.clone(), OTHER_NS);
+    let outsider = e2e
+        .eventually("the outsider's client pod running", TIMEOUT, || async {
+            let list = other_pods
+                .list(&ListParams::default().labels("app.kubernetes.io/instance=outsider"))
+                .await
+                .ok()?;
+            list.items.into_iter().find(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .is_some_and(|phase| phase == "Running")
+            })
+        })
+        .await;
+    let (s_out, c_out) = e2e
+        .eventually(
+            "the server refusing the outsider, the demo client still allowed",
+            TIMEOUT,
+            || async {
+                let (s, c) = (e2e.scrape(&server).await?, e2e.scrape(&client).await?);
+                let ok = s.requests("server", "refused") >= refused_before + 2.0
+                    && c.requests("client", "allowed") >= allowed_before + 2.0;
+                ok.then_some((s, c))
+            },
+        )
+        .await;
+    let server_log = e2e.log(&server).await;
+    let refused_line = assert_log(
+        &server_log,
+        &[
+            "request refused",
+            "role=server",
+            &format!("peer=spiffe://cluster.local/ns/{OTHER_NS}/sa/outsider"),
+        ],
+    );
+    let outsider_log = other_pods
+        .logs(&outsider.name_any(), &LogParams::default())
+        .await
+        .expect("outsider log");
+    assert_log(
+        &outsider_log,
+        &["request refused", "role=client", "status=403"],
+    );
+    assert!(
+        !outsider_log.contains("mTLS handshake failed"),
+        "the outsider was refused by the TLS handshake, not by the server's authorization:\n{outsider_log}"
+    );
+    assert_eq!(
+        c_out.requests("client", "refused"),
+        0.0,
+        "the demo client was refused"
+    );
+    assert_eq!(
+        s_out.handshakes("server", "failure"),
+        s_imp.handshakes("server", "failure"),
+        "the outsider's handshakes failed: authentication must pass, authorization refuse"
+    );
+    step(&format!(
+        "outsider refused {} times after a good handshake; the server logged:\n    {}",
+        s_out.requests("server", "refused") - refused_before,
+        strip_ansi(&refused_line)
+    ));
 
     // === figures ===
     let end = Window::scrape(&e2e, &server, &client).await;
@@ -676,6 +777,14 @@ impl Metrics {
     fn handshakes(&self, role: &str, result: &str) -> f64 {
         self.sum(
             "tlsid_demo_handshakes_total",
+            &[("role", role), ("result", result)],
+        )
+    }
+
+    /// HTTP requests after the handshake, by the server's decision (`allowed`, `refused`, `error`).
+    fn requests(&self, role: &str, result: &str) -> f64 {
+        self.sum(
+            "tlsid_demo_requests_total",
             &[("role", role), ("result", result)],
         )
     }

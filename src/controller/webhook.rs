@@ -277,12 +277,21 @@ async fn keep_leader_objects(ctx: Arc<Context>, cfg: WebhookConfig) {
             (None, _) => true,
             (Some(_), None) => false,
             (Some(name), Some(ca)) => {
-                match sync_ca_bundle(&ctx, &configurations, name, ca.bundle_pem().as_bytes(), leading)
-                    .await
+                match sync_ca_bundle(
+                    &ctx,
+                    &configurations,
+                    name,
+                    ca.bundle_pem().as_bytes(),
+                    leading,
+                )
+                .await
                 {
                     Ok(BundleState::InPlace) => true,
                     Ok(BundleState::Updated) => {
-                        info!(configuration = name, "webhook caBundle updated to the CA's trust bundle");
+                        info!(
+                            configuration = name,
+                            "webhook caBundle updated to the CA's trust bundle"
+                        );
                         true
                     }
                     Ok(BundleState::Stale) => false,
@@ -296,7 +305,11 @@ async fn keep_leader_objects(ctx: Arc<Context>, cfg: WebhookConfig) {
         ctx.webhook_trusted
             .store(trusted, std::sync::atomic::Ordering::Relaxed);
         // Quickly while something is missing (an install coming up), at leisure afterwards.
-        let wait = if trusted { CA_BUNDLE_RECHECK } else { Duration::from_secs(1) };
+        let wait = if trusted {
+            CA_BUNDLE_RECHECK
+        } else {
+            Duration::from_secs(1)
+        };
         tokio::time::sleep(wait).await;
     }
 }
@@ -387,7 +400,13 @@ async fn sync_ca_bundle(
         "value": current.metadata.resource_version,
     })];
     for (i, hook) in current.webhooks.iter().flatten().enumerate() {
-        if hook.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(bundle) {
+        if hook
+            .client_config
+            .ca_bundle
+            .as_ref()
+            .map(|b| b.0.as_slice())
+            != Some(bundle)
+        {
             use base64::Engine as _;
             ops.push(json!({
                 "op": "add",

@@ -164,7 +164,7 @@ async fn install_crd(client: &Client) {
 /// Label of the namespaces [`namespace`] creates, which the [`TEST_GRANTS`] policy selects.
 pub const TEST_GRANTS_LABEL: &str = "tlsid.dev/test-grants";
 /// A TlsIdentityPolicy granting the names the suites use that no namespace's built-in rule
-/// permits (`*.ns.svc` stands for "some Service", `localhost`/`127.0.0.1` for the interop
+/// permits (`*.ns.svc` stands for "some Service", `localhost`/`127.0.0.1` and `*.example.com` for the interop
 /// peers on this host), to the namespaces [`namespace`] creates. The tenancy suite uses
 /// namespaces without the label.
 pub const TEST_GRANTS: &str = "tlsid-tests";
@@ -176,7 +176,7 @@ async fn test_grants(client: &Client) {
         "metadata": {"name": TEST_GRANTS},
         "spec": {
             "namespaceSelector": {"matchLabels": {TEST_GRANTS_LABEL: "true"}},
-            "dnsNames": ["*.ns.svc", "*.ns.svc.cluster.local", "localhost"],
+            "dnsNames": ["*.ns.svc", "*.ns.svc.cluster.local", "localhost", "*.example.com"],
             "ipAddresses": ["127.0.0.0/8", "10.0.0.0/8", "::1/128"],
             "uris": ["spiffe://cluster.local/*"],
         }
