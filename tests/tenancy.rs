@@ -65,6 +65,60 @@ fn refused(id: Option<&TlsIdentity>) -> bool {
 }
 
 #[tokio::test]
+async fn policies_are_validated_by_their_schema() {
+    let cluster = cluster().await;
+    let client = cluster.client().await;
+    // Untyped, so that what the Rust type cannot even hold reaches the apiserver.
+    let ar = kube::api::ApiResource::erase::<TlsIdentityPolicy>(&());
+    let api = Api::<kube::api::DynamicObject>::all_with(client.clone(), &ar);
+    for (spec, want) in [
+        (
+            json!({"namespaceSelector": {}, "ipAddresses": ["10.0.0.0/33"]}),
+            "ipAddresses must be CIDR ranges",
+        ),
+        (
+            json!({"namespaceSelector": {}, "ipAddresses": ["10.0.0.1"]}),
+            "ipAddresses must be CIDR ranges",
+        ),
+        (
+            json!({"namespaceSelector": {}, "dnsNames": ["*.*.example.com"]}),
+            "dnsNames must be lowercase RFC 1123 DNS names",
+        ),
+        (
+            json!({"namespaceSelector": {}, "uris": ["spiffe://x/*/y"]}),
+            "uris must be absolute URIs with a scheme, optionally ending in '*'",
+        ),
+        (
+            json!({"namespaceSelector": {}}),
+            "grants at least one of dnsNames, ipAddresses or uris",
+        ),
+        (
+            json!({"dnsNames": ["a.example.com"]}),
+            "namespaceSelector: Required value",
+        ),
+    ] {
+        let policy: serde_json::Value = json!({
+            "apiVersion": "tlsid.dev/v1alpha1",
+            "kind": "TlsIdentityPolicy",
+            "metadata": {"name": "invalid-policy"},
+            "spec": spec,
+        });
+        let err = api
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &serde_json::from_value(policy).unwrap(),
+            )
+            .await
+            .expect_err(want)
+            .to_string();
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}
+
+#[tokio::test]
 async fn names_are_checked_at_admission_and_at_signing() {
     let cluster = cluster().await;
     let client = cluster.client().await;
@@ -256,7 +310,8 @@ async fn names_are_checked_at_admission_and_at_signing() {
     let foreign = labelled(
         &install,
         "foreign",
-        json!({"dnsNames": [format!("api.{team_a}.svc"), "api.example.com"], "ipAddresses": ["10.1.2.3"],
+        json!({"dnsNames": [format!("api.{team_a}.svc"), format!("*.{team_a}.svc")],
+               "uris": ["spiffe://cluster.local/ns/kube-system/sa/admin"], "ipAddresses": ["10.1.2.3"],
                "duration": "1h"}),
     );
     ids_b
@@ -265,12 +320,16 @@ async fn names_are_checked_at_admission_and_at_signing() {
         .expect("no webhook covers team-b");
     let seen = wait_identity(&ids_b, "foreign", "NotPermitted", refused).await;
     let message = seen.condition("Ready").unwrap().message.clone();
-    assert!(
-        message.contains(&format!(
-            "dnsNames[0] \"api.{team_a}.svc\" is outside namespace {team_b}"
-        )),
-        "{message}"
-    );
+    for want in [
+        format!("dnsNames[0] \"api.{team_a}.svc\" is outside namespace {team_b}"),
+        format!("dnsNames[1] \"*.{team_a}.svc\" is outside namespace {team_b}"),
+        format!("ipAddresses[0] \"10.1.2.3\" is not granted to namespace {team_b}"),
+        format!(
+            "uris[0] \"spiffe://cluster.local/ns/kube-system/sa/admin\" is outside namespace {team_b}"
+        ),
+    ] {
+        assert!(message.contains(&want), "{want}: {message}");
+    }
     let secrets_b = Api::<Secret>::namespaced(client.clone(), &team_b);
     assert!(
         secrets_b.get_opt("foreign-tls").await.unwrap().is_none(),
@@ -295,7 +354,8 @@ async fn names_are_checked_at_admission_and_at_signing() {
         &client,
         &grant_b,
         json!({"namespaceSelector": {"matchLabels": {"tenant": "b"}},
-               "dnsNames": [format!("api.{team_a}.svc"), "*.example.com"], "ipAddresses": ["10.0.0.0/8"]}),
+               "dnsNames": [format!("*.{team_a}.svc")], "ipAddresses": ["10.0.0.0/8"],
+               "uris": ["spiffe://cluster.local/ns/kube-system/sa/admin"]}),
     )
     .await;
     let issued = wait_identity(&ids_b, "foreign", "Ready once granted", ready).await;
