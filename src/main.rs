@@ -109,7 +109,13 @@ struct ControllerArgs {
     #[arg(long, env = "TLSID_TRUST_DOMAIN", value_parser = parse_domain)]
     trust_domain: Option<String>,
     /// Serve the TlsIdentity admission webhook (HTTPS) on this address, e.g. 0.0.0.0:9443.
-    #[arg(long, env = "TLSID_WEBHOOK_LISTEN", requires = "webhook_service")]
+    /// Not with --watch-namespace: admission covers every namespace.
+    #[arg(
+        long,
+        env = "TLSID_WEBHOOK_LISTEN",
+        requires = "webhook_service",
+        conflicts_with = "watch_namespace"
+    )]
     webhook_listen: Option<SocketAddr>,
     /// The webhook's Service in --namespace. The leader keeps a TlsIdentity of that name for the
     /// Service's DNS names; its Secret (`<name>-tls`) is the serving certificate, re-read on

@@ -111,7 +111,8 @@ impl Grant {
 
     fn uri(&self, uri: &str) -> bool {
         self.uris.iter().any(|g| match g.strip_suffix('*') {
-            Some(prefix) => uri.starts_with(prefix),
+            // What the prefix covers must not climb out of it once a URL library normalises it.
+            Some(prefix) => uri.strip_prefix(prefix).is_some_and(plain_path),
             None => g == uri,
         })
     }
@@ -177,10 +178,15 @@ impl NamePolicy<'_> {
                 ns.name, self.settings.cluster_domain
             )
         };
-        if let Some(cn) = spec.common_name.as_deref().filter(|cn| cn.contains('.')) {
-            let name = cn.to_ascii_lowercase();
-            if !self.dns_in_namespace(ns.name, &name) && !grants.iter().any(|g| g.dns(&name)) {
-                problems.push(outside("commonName".into(), cn, dns_domain()));
+        if let Some(cn) = spec.common_name.as_deref() {
+            if !cn.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+                // Non-ASCII look-alikes (`。` is a dot to IDNA) and control characters.
+                problems.push(format!("commonName {cn:?} must be printable ASCII"));
+            } else if cn.contains('.') {
+                let name = cn.to_ascii_lowercase();
+                if !self.dns_in_namespace(ns.name, &name) && !grants.iter().any(|g| g.dns(&name)) {
+                    problems.push(outside("commonName".into(), cn, dns_domain()));
+                }
             }
         }
         for (i, name) in spec.dns_names.iter().enumerate() {
@@ -202,6 +208,16 @@ impl NamePolicy<'_> {
         }
         let prefix = self.settings.spiffe_prefix(ns.name);
         for (i, uri) in spec.uris.iter().enumerate() {
+            if uri
+                .get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case("spiffe:"))
+                && !spiffe_id_conforms(uri)
+            {
+                problems.push(format!(
+                    "uris[{i}] {uri:?} is not a well-formed SPIFFE ID (spiffe://<trust domain>/<segments of letters, digits, '.', '-', '_'>; no '.' or '..' segments, '%', '?', '#', port or user)"
+                ));
+                continue;
+            }
             let own = uri.len() > prefix.len() && uri.starts_with(&prefix);
             if !own && !grants.iter().any(|g| g.uri(uri)) {
                 problems.push(outside(
@@ -227,6 +243,36 @@ impl NamePolicy<'_> {
                 .is_some_and(|head| !head.is_empty() && !head.ends_with('.'))
         })
     }
+}
+
+/// A SPIFFE ID as the SPIFFE specification defines it: `spiffe://`, a trust domain of lowercase
+/// letters, digits, `.`, `-`, `_`, then one or more path segments of letters, digits, `.`, `-`,
+/// `_`, none of them `.` or `..`. Nothing that a URL parser could normalise into another ID.
+pub fn spiffe_id_conforms(uri: &str) -> bool {
+    let Some(rest) = uri.strip_prefix("spiffe://") else {
+        return false;
+    };
+    let Some((domain, path)) = rest.split_once('/') else {
+        return false;
+    };
+    let domain_ok = !domain.is_empty()
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    domain_ok && plain_path(path) && !path.is_empty()
+}
+
+/// Path segments of letters, digits, `.`, `-`, `_` (none empty, `.` or `..`): the part of a URI a
+/// prefix grant covers, or a SPIFFE ID's path.
+fn plain_path(path: &str) -> bool {
+    path.split('/').all(|seg| {
+        !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    })
 }
 
 /// An IP range.
@@ -526,6 +572,56 @@ mod tests {
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn uris_that_a_url_parser_would_read_as_another_namespace_are_refused() {
+        let grants = [policy(
+            LabelSelector::default(),
+            &[],
+            &[],
+            &["spiffe://partner.example/team-x/*", "urn:partner:*"],
+        )];
+        for uri in [
+            "spiffe://cluster.local/ns/b/../a/sa/x",
+            "spiffe://cluster.local/ns/b/%2e%2e/a/sa/x",
+            "spiffe://cluster.local/ns/b/sa/x?y",
+            "spiffe://cluster.local/ns/b/sa/x#f",
+            "spiffe://cluster.local/ns/b//sa/x",
+            "spiffe://cluster.local/ns/b/./sa",
+            "spiffe://user@cluster.local/ns/b/sa/x",
+            "spiffe://cluster.local:443/ns/b/sa/x",
+            "SPIFFE://cluster.local/ns/b/sa/x/..",
+            "spiffe://partner.example/team-x/../team-y",
+            "spiffe://partner.example/team-x/a%2fb",
+        ] {
+            assert!(
+                check("b", &[], &grants, &spec(&[], &[], &[uri], None)).is_err(),
+                "{uri} must be refused"
+            );
+        }
+        for uri in [
+            "spiffe://cluster.local/ns/b/sa/x",
+            "spiffe://cluster.local/ns/b/sa/x.y_z-1",
+            "spiffe://partner.example/team-x/svc",
+            "urn:partner:thing",
+        ] {
+            assert_eq!(
+                check("b", &[], &grants, &spec(&[], &[], &[uri], None)),
+                Ok(()),
+                "{uri}"
+            );
+        }
+    }
+
+    #[test]
+    fn common_names_must_be_printable_ascii() {
+        for cn in ["api。team-a。svc", "bank.com\u{0}.b.svc", "tab\there"] {
+            assert!(
+                check("b", &[], &[], &spec(&[], &[], &[], Some(cn))).is_err(),
+                "{cn:?}"
+            );
+        }
     }
 
     #[test]

@@ -86,7 +86,11 @@ async fn policies_are_validated_by_their_schema() {
         ),
         (
             json!({"namespaceSelector": {}, "uris": ["spiffe://x/*/y"]}),
-            "uris must be absolute URIs with a scheme, optionally ending in '*'",
+            "uris must be absolute URIs, optionally ending in '/*'",
+        ),
+        (
+            json!({"namespaceSelector": {}, "uris": ["spiffe://partner.example*"]}),
+            "uris must be absolute URIs, optionally ending in '/*'",
         ),
         (
             json!({"namespaceSelector": {}}),
@@ -282,6 +286,32 @@ async fn names_are_checked_at_admission_and_at_signing() {
             "{name}: names the way out: {msg}"
         );
     }
+
+    // Created for another install (not this webhook's to judge), then moved to this one: the
+    // names are checked on the move, not waved through as unchanged.
+    ids_a
+        .create(
+            &PostParams::default(),
+            &labelled(
+                "someone-else",
+                "sneaky",
+                json!({"dnsNames": [format!("api.{team_b}.svc")]}),
+            ),
+        )
+        .await
+        .expect("another install's identity is not this webhook's");
+    let moved = ids_a
+        .patch(
+            "sneaky",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"tlsid.dev/install": install}}})),
+        )
+        .await
+        .expect_err("moving it to this install checks its names");
+    assert!(
+        moved.to_string().contains("is outside namespace"),
+        "{moved}"
+    );
 
     // A policy granting the namespace a name makes it admissible.
     let partner = labelled(

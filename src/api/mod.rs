@@ -314,12 +314,13 @@ pub struct DemoSpec {
     #[schemars(length(max = 63))]
     pub server: Option<String>,
     /// For clients: the namespace of the server's TlsIdentity. Default: this identity's namespace.
+    /// A server lets clients of other namespaces in only if its `allowedClients` says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 63))]
+    #[schemars(schema_with = "schema::namespace_name")]
     pub server_namespace: Option<String>,
     /// For servers: the clients allowed in after the mTLS handshake, by SPIFFE ID (a URI SAN of
     /// the client certificate): exact, a prefix ending in `*`, or `*` alone for every client whose
-    /// certificate the trust bundle verifies. Default: SPIFFE IDs in this namespace,
+    /// certificate the trust bundle verifies (at least one entry). Default: SPIFFE IDs in this namespace,
     /// `spiffe://<trustDomain>/ns/<namespace>/*`. Other clients get HTTP 403.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::allowed_clients_opt")]

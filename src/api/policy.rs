@@ -63,8 +63,9 @@ pub struct TlsIdentityPolicySpec {
     #[schemars(schema_with = "schema::policy_cidrs")]
     pub ip_addresses: Vec<String>,
 
-    /// URIs: exact (`spiffe://cluster.local/ns/ingress/sa/gateway`), or a prefix ending in `*`
-    /// (`spiffe://partner.example/*`), compared byte for byte.
+    /// URIs: exact (`spiffe://cluster.local/ns/ingress/sa/gateway`), or a prefix ending in `/*`
+    /// (`spiffe://partner.example/*`; `:*` for URNs) granting the path segments below it (letters,
+    /// digits, `.`, `-`, `_`; never `..`). A SPIFFE ID must be well formed whatever grants it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::policy_uris")]
     pub uris: Vec<String>,

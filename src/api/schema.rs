@@ -329,8 +329,8 @@ pub fn policy_uris(_: &mut SchemaGenerator) -> Schema {
         "maxItems": 256,
         "items": { "type": "string", "maxLength": 2048 },
         "x-kubernetes-validations": [{
-            "rule": "self.all(u, u.contains('://') && (u.endsWith('*') ? u.indexOf('*') == size(u) - 1 : !u.contains('*')))",
-            "message": "uris must be absolute URIs with a scheme, optionally ending in '*' to grant a prefix (e.g. spiffe://cluster.local/ns/ingress/*)"
+            "rule": "self.all(u, u.contains(':') && (u.endsWith('*') ? (u.endsWith('/*') || u.endsWith(':*')) && u.indexOf('*') == size(u) - 1 : !u.contains('*')))",
+            "message": "uris must be absolute URIs, optionally ending in '/*' (or ':*' for URNs) to grant what lies below a path (e.g. spiffe://cluster.local/ns/ingress/*)"
         }]
     })
 }
@@ -352,11 +352,24 @@ pub fn service_account_name(_: &mut SchemaGenerator) -> Schema {
 pub fn allowed_clients_opt(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
+        "minItems": 1,
         "maxItems": 32,
         "items": { "type": "string", "maxLength": 2048 },
         "x-kubernetes-validations": [{
-            "rule": "self.all(p, p == '*' || (p.contains('://') && (p.endsWith('*') ? p.indexOf('*') == size(p) - 1 : !p.contains('*'))))",
+            "rule": "self.all(p, p == '*' || (p.contains('://') && !p.matches('\\\\s') && (p.endsWith('*') ? p.indexOf('*') == size(p) - 1 : !p.contains('*'))))",
             "message": "allowedClients are URIs (SPIFFE IDs), optionally ending in '*' to allow a prefix, or '*' alone to allow every client tlsid issued"
+        }]
+    })
+}
+
+/// A namespace name (a DNS label).
+pub fn namespace_name(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "maxLength": 63,
+        "x-kubernetes-validations": [{
+            "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+            "message": "demo.serverNamespace must be a namespace name (a lowercase RFC 1123 label)"
         }]
     })
 }

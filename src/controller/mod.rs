@@ -485,6 +485,9 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
                 && ready_ctx
                     .webhook_ready
                     .load(std::sync::atomic::Ordering::Relaxed)
+                && ready_ctx
+                    .webhook_trusted
+                    .load(std::sync::atomic::Ordering::Relaxed)
             {
                 break;
             }

@@ -38,10 +38,17 @@ use std::{
 use tokio::{net::TcpListener, sync::mpsc};
 use tracing::{debug, info, warn};
 
-/// Largest admission request read (the apiserver's own limit for objects is 3 MiB).
-const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Largest admission request read: a TlsIdentity (and its old version) is a few KiB; the schema
+/// bounds every list in it.
+const MAX_BODY: usize = 1024 * 1024;
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once (handshaking or served). The apiserver keeps a few; the cap bounds
+/// what anyone else who can reach the port may hold (file descriptors, memory).
+const MAX_CONNECTIONS: usize = 64;
+/// A connection that sends nothing for this long is closed (as Go servers' IdleTimeout does): a
+/// stalled client cannot hold a slot for longer, and the apiserver opens a new connection.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a review waits for the namespace to appear in the cache (it was just created).
 const NAMESPACE_WAIT: Duration = Duration::from_secs(3);
 /// How often the leader compares the webhook configuration's caBundle with the CA.
@@ -69,13 +76,18 @@ impl WebhookConfig {
 /// Serve until aborted.
 pub async fn serve(cfg: WebhookConfig, ctx: Arc<Context>) {
     let cert = Arc::new(ServingCert::default());
-    tokio::spawn(watch_serving_cert(ctx.clone(), cfg.secret(), cert.clone()));
-    tokio::spawn(keep_leader_objects(ctx.clone(), cfg.clone()));
+    // Aborted with this task.
+    let _children = AbortOnDrop(vec![
+        tokio::spawn(watch_serving_cert(ctx.clone(), cfg.secret(), cert.clone())),
+        tokio::spawn(keep_leader_objects(ctx.clone(), cfg.clone())),
+    ]);
     let tcp = match TcpListener::bind(cfg.listen).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(addr = %cfg.listen, error = %e, "cannot listen for admission reviews");
-            return;
+            // A replica that cannot serve admission must not look ready: stop, and let the
+            // kubelet restart it (and report why).
+            tracing::error!(addr = %cfg.listen, error = %e, "cannot listen for admission reviews; exiting");
+            std::process::exit(1);
         }
     };
     info!(addr = %cfg.listen, service = cfg.service, "serving the TlsIdentity admission webhook");
@@ -89,7 +101,18 @@ pub async fn serve(cfg: WebhookConfig, ctx: Arc<Context>) {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(ctx);
     if let Err(e) = axum::serve(listener, app).await {
-        warn!(error = %e, "admission webhook server stopped");
+        tracing::error!(error = %e, "admission webhook server stopped; exiting");
+        std::process::exit(1);
+    }
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -106,6 +129,16 @@ async fn review(State(ctx): State<Arc<Context>>, body: Bytes) -> axum::response:
     let request = &body["request"];
     let uid = request["uid"].clone();
     let (allowed, reason, message) = decide(&ctx, request).await;
+    if reason == "NotReady" {
+        ctx.metrics
+            .admission_reviews
+            .get_or_create(&super::metrics::ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+        // Not a decision: the apiserver applies the webhook's failurePolicy.
+        return (StatusCode::SERVICE_UNAVAILABLE, message.unwrap_or_default()).into_response();
+    }
     ctx.metrics
         .admission_reviews
         .get_or_create(&super::metrics::ReasonLabels {
@@ -141,6 +174,8 @@ async fn decide(ctx: &Context, request: &Value) -> (bool, &'static str, Option<S
     }
     if request["operation"] == "UPDATE"
         && let Ok(old) = serde_json::from_value::<TlsIdentity>(request["oldObject"].clone())
+        && crate::api::install_of(&old.metadata.labels.clone().unwrap_or_default())
+            == ctx.config.install
         && same_names(&old.spec, &identity.spec)
     {
         // Names unchanged: metadata and other edits are never blocked by a grant that went away.
@@ -359,8 +394,17 @@ async fn sync_identity(
         &ctx.config.install,
         &ctx.config.names.cluster_domain,
     );
+    // Only the fields this controller applies: another manager's additions (an admin's
+    // `duration`) are not ours to fight over, and must not make every round a write.
+    let owned = |s: &TlsIdentitySpec| {
+        (
+            s.dns_names.clone(),
+            s.ip_addresses.clone(),
+            s.usages.clone(),
+        )
+    };
     if let Some(current) = api.get_opt(&cfg.service).await?
-        && current.spec == want.spec
+        && owned(&current.spec) == owned(&want.spec)
         && want
             .metadata
             .labels
@@ -368,6 +412,9 @@ async fn sync_identity(
             .flatten()
             .all(|(k, v)| current.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v))
     {
+        return Ok(false);
+    }
+    if ctx.leadership.role() != Role::Leader {
         return Ok(false);
     }
     let mut body = serde_json::to_value(&want).map_err(kube::Error::SerdeError)?;
@@ -418,7 +465,7 @@ async fn sync_ca_bundle(
     if ops.len() == 1 {
         return Ok(BundleState::InPlace);
     }
-    if !may_write {
+    if !may_write || ctx.leadership.role() != Role::Leader {
         return Ok(BundleState::Stale);
     }
     let patch: json_patch::Patch =
@@ -441,11 +488,63 @@ async fn sync_ca_bundle(
 /// Accepts TCP connections and completes TLS handshakes off the accept loop (a slow client never
 /// holds up the others), handing finished ones to axum.
 struct TlsListener {
-    ready: mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
+    ready: mpsc::Receiver<(Bounded, SocketAddr)>,
     local: SocketAddr,
+}
+
+type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// A served connection: holds one of [`MAX_CONNECTIONS`] slots while open; reading ends (EOF,
+/// so hyper closes it) after [`IDLE_TIMEOUT`] without a byte from the client.
+struct Bounded {
+    io: Tls,
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Bounded {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::{future::Future, task::Poll};
+        match std::pin::Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(done) => {
+                let next = tokio::time::Instant::now() + IDLE_TIMEOUT;
+                self.idle.as_mut().reset(next);
+                Poll::Ready(done)
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Ok(())),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Bounded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 impl TlsListener {
@@ -453,10 +552,15 @@ impl TlsListener {
         let local = tcp
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let (tx, ready) = mpsc::channel(64);
+        let (tx, ready) = mpsc::channel(MAX_CONNECTIONS);
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         tokio::spawn(async move {
             loop {
+                // Wait for a free slot before accepting: excess clients queue in the kernel.
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let (stream, peer) = match tcp.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -468,8 +572,13 @@ impl TlsListener {
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
+                        Ok(Ok(io)) => {
+                            let conn = Bounded {
+                                io,
+                                idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+                                _slot: slot,
+                            };
+                            let _ = tx.send((conn, peer)).await;
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "webhook TLS handshake failed"),
                         Err(_) => debug!(%peer, "webhook TLS handshake timed out"),
@@ -482,7 +591,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Io = Bounded;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -87,6 +87,24 @@ impl IssuanceRequest {
             check_uri(uri)?;
             uris.insert(uri.clone());
         }
+        if let Some(spiffe) = &spec.spiffe {
+            let sa = &spiffe.service_account;
+            let ok = !sa.is_empty()
+                && sa.len() <= 253
+                && sa.split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                });
+            if !ok {
+                return Err(InvalidSpec(format!(
+                    "spiffe.serviceAccount {sa:?} is not a ServiceAccount name"
+                )));
+            }
+        }
         if common_name.is_none()
             && dns_names.is_empty()
             && ip_addresses.is_empty()
