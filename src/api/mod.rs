@@ -111,8 +111,8 @@ pub const MAX_REVISION: i64 = (1 << 53) - 1;
     validation = schema::rule_name_length(),
 )]
 #[x_kube(
-    validation = Rule::new("(has(self.commonName) && self.commonName != '') || (has(self.dnsNames) && size(self.dnsNames) > 0) || (has(self.ipAddresses) && size(self.ipAddresses) > 0) || (has(self.uris) && size(self.uris) > 0)")
-        .message("at least one of commonName, dnsNames, ipAddresses or uris must be set"),
+    validation = Rule::new("(has(self.commonName) && self.commonName != '') || (has(self.dnsNames) && size(self.dnsNames) > 0) || (has(self.ipAddresses) && size(self.ipAddresses) > 0) || (has(self.uris) && size(self.uris) > 0) || has(self.spiffe)")
+        .message("at least one of commonName, dnsNames, ipAddresses, uris or spiffe must be set"),
     validation = Rule::new("!(has(self.renewBefore) && has(self.renewBeforePercentage))")
         .message("renewBefore and renewBeforePercentage are mutually exclusive"),
     validation = schema::rule_duration_min(),

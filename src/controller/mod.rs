@@ -398,34 +398,23 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         .applied_objects();
 
     let secret_ar = ar.clone();
-    let (ns_ar, ns_store) = (ar.clone(), store.clone());
-    let namespaces = if ctx.config.names.restrict_to_namespace {
-        names::watch_namespaces(
+    // A namespace's labels decide which policies grant its identities names: a label change
+    // re-checks the identities inside it. Watched by a task of its own, not as a trigger of the
+    // controller: an error of a trigger stream pauses every trigger, and this watch's errors
+    // (a 429, a relist) must not hold up the identities.
+    let (namespace_tx, namespace_rx) =
+        futures::channel::mpsc::channel::<ObjectRef<DynamicObject>>(256);
+    let namespace_task = ctx.config.names.restrict_to_namespace.then(|| {
+        tokio::spawn(names::watch_namespaces(
             client.clone(),
             ctx.names.clone(),
-            ctx.config.watch_namespace.as_deref(),
-        )
-        .left_stream()
-    } else {
-        futures::stream::empty().right_stream()
-    };
+            ctx.config.watch_namespace.clone(),
+            store.clone(),
+            ar.clone(),
+            namespace_tx,
+        ))
+    });
     let controller = Controller::for_stream_with(stream, store.clone(), ar.clone())
-        // A namespace's labels decide which policies grant its identities names: a change
-        // re-checks the identities inside it.
-        .watches_stream_with(
-            namespaces,
-            move |n: PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>| {
-                let ns = n.name_any();
-                let ar = ns_ar.clone();
-                ns_store
-                    .state()
-                    .into_iter()
-                    .filter(|o| o.namespace().as_deref() == Some(ns.as_str()))
-                    .map(|o| ObjectRef::new_with(&o.name_any(), ar.clone()).within(&ns))
-                    .collect::<Vec<_>>()
-            },
-            (),
-        )
         // Secret metadata only: a foreign Secret wearing tlsid's label costs its metadata, never
         // its data. A Secret maps to the identity its label names.
         .watches_stream_with(
@@ -468,6 +457,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         // Each watch already backs off on its own; this pause stays short.
         .trigger_backoff(WatchBackoff::new())
         .reconcile_all_on(reconcile_all_rx)
+        .reconcile_on(namespace_rx)
         .shutdown_on_signal();
     let ready_ctx = ctx.clone();
     tokio::spawn(async move {
@@ -509,7 +499,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         })
         .await;
     ca_task.abort();
-    if let Some(task) = policy_task {
+    for task in [policy_task, namespace_task].into_iter().flatten() {
         task.abort();
     }
     // Hand the Lease over (released, not left to expire) so a standby takes over at once.

@@ -18,6 +18,11 @@ use kube::{
         watcher,
     },
 };
+use kube::{
+    ResourceExt,
+    api::{ApiResource, DynamicObject},
+};
+use std::collections::HashMap;
 use std::{
     collections::BTreeMap,
     sync::{
@@ -25,7 +30,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// The name policy in force, as this replica sees it.
 pub struct Names {
@@ -138,14 +143,17 @@ pub async fn watch_policies(client: Client, names: Arc<Names>, mut changed: Send
     while let Some(event) = stream.next().await {
         match event {
             Ok(watcher::Event::InitDone) => {
-                names.set_policies(&reader.state());
+                // Every (re)list: re-check identities only if the grants differ from before.
+                let differ = names.set_policies(&reader.state());
                 if !names.policies_synced.swap(true, Ordering::Relaxed) {
                     info!(
                         policies = reader.state().len(),
                         "TlsIdentityPolicies listed"
                     );
                 }
-                let _ = changed.send(()).await;
+                if differ {
+                    let _ = changed.send(()).await;
+                }
             }
             Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))
                 if names.policies_synced.load(Ordering::Relaxed) =>
@@ -164,28 +172,67 @@ pub async fn watch_policies(client: Client, names: Arc<Names>, mut changed: Send
     }
 }
 
-/// The namespace watch (metadata only), as a stream of namespaces whose labels may have changed,
-/// for the controller to map to the identities inside them.
-pub fn watch_namespaces(
+/// Watch namespaces (metadata only) into the cache the check reads, and send the identities of
+/// every namespace whose labels changed (`identities`: the controller's cache) to be reconciled.
+/// Errors back off here and stop nothing else. Returns when the receiver is gone.
+pub async fn watch_namespaces(
     client: Client,
     names: Arc<Names>,
-    only: Option<&str>,
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<Namespace>, watcher::Error>> + Send + 'static
-{
+    only: Option<String>,
+    identities: Store<DynamicObject>,
+    ar: ApiResource,
+    mut changed: Sender<ObjectRef<DynamicObject>>,
+) {
     let api = Api::<PartialObjectMeta<Namespace>>::all(client);
-    let config = match only {
+    let config = match &only {
         Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
         None => watcher::Config::default(),
     };
     let (reader, writer) = reflector::store::<PartialObjectMeta<Namespace>>();
     *names.namespaces.write().unwrap_or_else(|e| e.into_inner()) = Some(reader);
-    watcher(api, config)
+    // The labels each namespace had when last seen: only a change re-checks its identities.
+    let mut seen: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+    let mut stream = watcher(api, config)
         .backoff(super::WatchBackoff::new())
         .reflect(writer)
-        .inspect(move |event| {
-            if let Ok(watcher::Event::InitDone) = event {
+        .boxed();
+    while let Some(event) = stream.next().await {
+        let ns = match event {
+            Ok(watcher::Event::InitDone) => {
                 names.namespaces_synced.store(true, Ordering::Relaxed);
+                continue;
             }
-        })
-        .touched_objects()
+            Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) => ns,
+            Ok(watcher::Event::Delete(ns)) => {
+                seen.remove(&ns.name_any());
+                continue;
+            }
+            Ok(watcher::Event::Init) => continue,
+            Err(e) => {
+                debug!(error = %e, "namespace watch failed; retrying");
+                continue;
+            }
+        };
+        let name = ns.name_any();
+        let labels = ns.metadata.labels.unwrap_or_default();
+        if seen.get(&name) == Some(&labels) {
+            continue;
+        }
+        let first = seen.insert(name.clone(), labels).is_none();
+        if first && !names.namespaces_synced.load(Ordering::Relaxed) {
+            // The initial list: identities are reconciled once the names are synced anyway.
+            continue;
+        }
+        let refs: Vec<_> = identities
+            .state()
+            .into_iter()
+            .filter(|o| o.namespace().as_deref() == Some(name.as_str()))
+            .map(|o| ObjectRef::new_with(&o.name_any(), ar.clone()).within(&name))
+            .collect();
+        for r in refs {
+            if changed.send(r).await.is_err() {
+                return;
+            }
+        }
+    }
 }

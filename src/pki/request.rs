@@ -109,9 +109,11 @@ impl IssuanceRequest {
             && dns_names.is_empty()
             && ip_addresses.is_empty()
             && uris.is_empty()
+            && spec.spiffe.is_none()
         {
             return Err(InvalidSpec(
-                "at least one of commonName, dnsNames, ipAddresses or uris must be set".into(),
+                "at least one of commonName, dnsNames, ipAddresses, uris or spiffe must be set"
+                    .into(),
             ));
         }
         let usages: BTreeSet<Usage> = match &spec.usages {
