@@ -309,7 +309,11 @@ async fn mtls_demo_on_a_real_node() {
         )),
         "{refusal}"
     );
-    step(&format!("webhook: {refusal}"));
+    let said = match &refusal {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    };
+    step(&format!("webhook refused a foreign name: {said}"));
     // Every pod ran in namespaces that enforce the restricted Pod Security Standard.
     e2e.apply_file("examples/mtls-other-namespace.yaml").await;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(e2e.client.clone());
