@@ -143,15 +143,7 @@ enum NamePolicy {
 }
 
 fn parse_domain(s: &str) -> Result<String, String> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if s.len() <= 253 && s.split('.').all(label_ok) {
+    if tlsid::api::is_dns_subdomain(s) {
         Ok(s.to_string())
     } else {
         Err("a domain is lowercase DNS labels separated by dots (e.g. cluster.local)".into())
@@ -159,13 +151,7 @@ fn parse_domain(s: &str) -> Result<String, String> {
 }
 
 fn parse_install(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 40
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
-    if ok {
+    if tlsid::api::is_dns_label(s) && s.len() <= 40 {
         Ok(s.to_string())
     } else {
         Err("an install name is a DNS label of at most 40 characters (lowercase letters, digits, '-')".into())

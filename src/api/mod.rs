@@ -34,6 +34,23 @@ pub const IDENTITY_LABEL: &str = "tlsid.dev/identity";
 pub const INSTALL_LABEL: &str = "tlsid.dev/install";
 pub const DEFAULT_INSTALL: &str = "tlsid";
 
+/// An RFC 1123 label: 1-63 lowercase letters, digits and `-`, alphanumeric at both ends (a
+/// namespace name, a Service name, one label of a DNS name).
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// An RFC 1123 subdomain: labels separated by dots, at most 253 characters (a ServiceAccount
+/// name, a DNS domain).
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
 /// The install that serves an object with these labels.
 pub fn install_of(labels: &std::collections::BTreeMap<String, String>) -> &str {
     labels

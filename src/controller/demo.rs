@@ -86,14 +86,7 @@ async fn apply(obj: &TlsIdentity, ctx: &Context) -> Result<DemoOutcome, DemoErro
             let server_name = demo.server.clone().unwrap_or_default();
             let server_ns = demo.server_namespace.clone().unwrap_or_else(|| ns.clone());
             // The schema allows only a namespace name; re-checked because it goes into a URL.
-            let label_ok = !server_ns.is_empty()
-                && server_ns.len() <= 63
-                && server_ns
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !server_ns.starts_with('-')
-                && !server_ns.ends_with('-');
-            if !label_ok {
+            if !crate::api::is_dns_label(&server_ns) {
                 return Ok(DemoOutcome {
                     condition: Some((
                         false,

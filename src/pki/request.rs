@@ -89,17 +89,7 @@ impl IssuanceRequest {
         }
         if let Some(spiffe) = &spec.spiffe {
             let sa = &spiffe.service_account;
-            let ok = !sa.is_empty()
-                && sa.len() <= 253
-                && sa.split('.').all(|label| {
-                    !label.is_empty()
-                        && label
-                            .bytes()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                        && !label.starts_with('-')
-                        && !label.ends_with('-')
-                });
-            if !ok {
+            if !crate::api::is_dns_subdomain(sa) {
                 return Err(InvalidSpec(format!(
                     "spiffe.serviceAccount {sa:?} is not a ServiceAccount name"
                 )));
@@ -253,17 +243,8 @@ fn check_dns_name(name: &str) -> Result<(), InvalidSpec> {
         return bad("must be 1-253 characters");
     }
     let body = name.strip_prefix("*.").unwrap_or(name);
-    for label in body.split('.') {
-        let ok = !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-');
-        if !ok {
-            return bad("is not a lowercase RFC 1123 DNS name");
-        }
+    if !crate::api::is_dns_subdomain(body) {
+        return bad("is not a lowercase RFC 1123 DNS name");
     }
     Ok(())
 }
