@@ -371,7 +371,7 @@ async fn names_are_checked_at_admission_and_at_signing() {
     );
     // No retry loop: another reconcile (a touch) writes nothing and says nothing again.
     let before = controller.metric("tlsid_reconciliations_total").await;
-    touch(&ids_b, "foreign", "1").await;
+    annotate(&ids_b, "foreign", "example.com/touched", "1").await;
     wait_metric_above(&controller, "tlsid_reconciliations_total", before).await;
     assert_eq!(events(&client, &team_b, "NotPermitted").await, 1);
     assert!(secrets_b.get_opt("foreign-tls").await.unwrap().is_none());
@@ -391,7 +391,7 @@ async fn names_are_checked_at_admission_and_at_signing() {
     let issued = wait_identity(&ids_b, "foreign", "Ready once granted", ready).await;
     let first = serial(&issued);
     // ... and renewable (the control for what follows) ...
-    renew(&ids_b, "foreign", "r1").await;
+    annotate(&ids_b, "foreign", "tlsid.dev/renew", "r1").await;
     let renewed = wait_identity(&ids_b, "foreign", "renewed", |o| {
         ready(o) && o.is_some_and(|o| serial(o) != first)
     })
@@ -407,7 +407,7 @@ async fn names_are_checked_at_admission_and_at_signing() {
     )
     .await;
     let before = controller.metric("tlsid_reconciliations_total").await;
-    renew(&ids_b, "foreign", "r2").await;
+    annotate(&ids_b, "foreign", "tlsid.dev/renew", "r2").await;
     wait_metric_above(&controller, "tlsid_reconciliations_total", before).await;
     let after = ids_b.get("foreign").await.unwrap();
     assert!(refused(Some(&after)));
@@ -448,21 +448,11 @@ async fn names_are_checked_at_admission_and_at_signing() {
     );
 }
 
-async fn touch(ids: &Api<TlsIdentity>, name: &str, value: &str) {
+async fn annotate(ids: &Api<TlsIdentity>, name: &str, key: &str, value: &str) {
     ids.patch(
         name,
         &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"example.com/touched": value}}})),
-    )
-    .await
-    .expect("annotate");
-}
-
-async fn renew(ids: &Api<TlsIdentity>, name: &str, token: &str) {
-    ids.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"tlsid.dev/renew": token}}})),
+        &Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
     )
     .await
     .expect("annotate");
