@@ -184,6 +184,7 @@ impl Source {
              the server should reject every handshake",
         );
         telemetry.credentials_loaded(&creds.leaf);
+        telemetry.trust_loaded(&creds.trust.roots);
         Ok(Self::Impostor(Arc::new(creds)))
     }
 
@@ -437,7 +438,7 @@ pub(crate) fn client_config(
     presented: Presented,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
     let verifier = Arc::new(ObservingServerVerifier {
-        inner: creds.server_verifier.clone(),
+        inner: creds.trust.server_verifier.clone(),
         presented,
     });
     let mut config = ClientConfig::builder_with_provider(provider.clone())

@@ -36,14 +36,11 @@ pub(crate) const DATA_LINK: &str = "..data";
 pub(crate) struct Credentials {
     /// Leaf + intermediates and the matching private key.
     pub certified: Arc<CertifiedKey>,
-    /// Verifies clients against `ca.crt`; used when serving.
-    pub client_verifier: Arc<dyn ClientCertVerifier>,
-    /// Verifies servers against `ca.crt`; used when connecting.
-    pub server_verifier: Arc<WebPkiServerVerifier>,
     pub leaf: CertSummary,
-    pub roots: usize,
-    /// Digest of `tls.crt` and `ca.crt`, so touching files without changing them is not a "reload".
-    content: [u8; 32],
+    /// What peers are verified against, from `ca.crt`.
+    pub trust: Trust,
+    /// Digest of `tls.crt`, so touching files without changing them is not a "reload".
+    leaf_content: [u8; 32],
 }
 
 // The key is deliberately absent from Debug output.
@@ -52,6 +49,27 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("leaf", &self.leaf)
             .field("chain_len", &self.certified.cert.len())
+            .field("roots", &self.trust.roots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A validated trust bundle (`ca.crt`) and the verifiers built from it.
+#[derive(Clone)]
+pub(crate) struct Trust {
+    /// Verifies clients; used when serving.
+    pub client_verifier: Arc<dyn ClientCertVerifier>,
+    /// Verifies servers; used when connecting.
+    pub server_verifier: Arc<WebPkiServerVerifier>,
+    /// Lowercase hex SHA-256 of each root's DER, in bundle order, each once.
+    pub roots: Vec<String>,
+    /// Digest of `ca.crt`: equal digests are the same bundle.
+    content: [u8; 32],
+}
+
+impl fmt::Debug for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trust")
             .field("roots", &self.roots)
             .finish_non_exhaustive()
     }
@@ -159,9 +177,22 @@ pub(crate) fn parse(
         }
     }
 
+    let trust = parse_trust(ca, provider)?;
+    Ok(Credentials {
+        certified: Arc::new(certified),
+        leaf,
+        trust,
+        leaf_content: digest(crt),
+    })
+}
+
+/// Validate a trust bundle and build the verifiers for it.
+pub(crate) fn parse_trust(ca: &[u8], provider: &Arc<CryptoProvider>) -> Result<Trust, LoadError> {
     let mut store = RootCertStore::empty();
+    let mut roots = Vec::new();
     for (i, root) in CertificateDer::pem_slice_iter(ca).enumerate() {
         let root = root.map_err(|e| invalid(CA_CRT, format!("malformed PEM: {e}")))?;
+        let fingerprint = hex::encode(Sha256::digest(root.as_ref()));
         // Strict on purpose: a bundle with one bad root is more likely half-written than intended.
         store.add(root).map_err(|e| {
             invalid(
@@ -169,11 +200,13 @@ pub(crate) fn parse(
                 format!("certificate #{} is not a usable trust anchor: {e}", i + 1),
             )
         })?;
+        if !roots.contains(&fingerprint) {
+            roots.push(fingerprint);
+        }
     }
     if store.is_empty() {
         return Err(invalid(CA_CRT, "no CERTIFICATE block"));
     }
-    let roots = store.len();
     let store = Arc::new(store);
     let client_verifier =
         WebPkiClientVerifier::builder_with_provider(store.clone(), provider.clone())
@@ -182,20 +215,16 @@ pub(crate) fn parse(
     let server_verifier = WebPkiServerVerifier::builder_with_provider(store, provider.clone())
         .build()
         .map_err(|e| invalid(CA_CRT, e))?;
-
-    let mut digest = Sha256::new();
-    for file in [crt, ca] {
-        digest.update((file.len() as u64).to_be_bytes());
-        digest.update(file);
-    }
-    Ok(Credentials {
-        certified: Arc::new(certified),
+    Ok(Trust {
         client_verifier,
         server_verifier,
-        leaf,
         roots,
-        content: digest.finalize().into(),
+        content: digest(ca),
     })
+}
+
+fn digest(file: &[u8]) -> [u8; 32] {
+    Sha256::digest(file).into()
 }
 
 // === impl CredentialStore ===
@@ -240,11 +269,12 @@ impl CredentialStore {
                         identity = %creds.leaf.identity,
                         serial = %creds.leaf.serial,
                         not_after = %creds.leaf.not_after_rfc3339(),
-                        roots = creds.roots,
+                        roots = creds.trust.roots.len(),
                         "credentials loaded: serial {}",
                         creds.leaf.serial,
                     );
                     telemetry.credentials_loaded(&creds.leaf);
+                    telemetry.trust_loaded(&creds.trust.roots);
                     return Self {
                         dir,
                         provider,
@@ -306,24 +336,16 @@ impl CredentialStore {
         })
         .await;
         state.last_check = Instant::now();
-        let (fingerprint, result) = match outcome {
-            Ok(Some(changed)) => changed,
-            Ok(None) => return,
-            Err(e) => {
-                warn!(error = %e, "credential check did not complete");
-                return;
-            }
-        };
-        match result {
-            Ok(new) => {
+        match outcome {
+            Ok(Some((fingerprint, Ok(new)))) => {
                 self.install(new);
                 state.loaded = fingerprint;
                 state.refused = None;
             }
-            Err(e) if refused.as_ref() == Some(&fingerprint) => {
+            Ok(Some((fingerprint, Err(e)))) if refused.as_ref() == Some(&fingerprint) => {
                 debug!(cert_dir = %self.dir.display(), error = %e, "credentials still invalid");
             }
-            Err(e) => {
+            Ok(Some((fingerprint, Err(e)))) => {
                 warn!(
                     cert_dir = %self.dir.display(),
                     error = %e,
@@ -333,12 +355,14 @@ impl CredentialStore {
                 self.telemetry.reload_failed();
                 state.refused = Some(fingerprint);
             }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "credential check did not complete"),
         }
     }
 
     fn install(&self, new: Credentials) {
         let old = self.snapshot();
-        if old.content == new.content {
+        if old.leaf_content == new.leaf_content && old.trust.content == new.trust.content {
             debug!(cert_dir = %self.dir.display(), "credential files touched but unchanged");
             return;
         }
@@ -347,12 +371,13 @@ impl CredentialStore {
             new_serial = %new.leaf.serial,
             identity = %new.leaf.identity,
             not_after = %new.leaf.not_after_rfc3339(),
-            roots = new.roots,
+            roots = new.trust.roots.len(),
             "credentials reloaded: {} \u{2192} {}",
             old.leaf.serial,
             new.leaf.serial,
         );
         self.telemetry.credentials_reloaded(&new.leaf);
+        self.telemetry.trust_loaded(&new.trust.roots);
         let new = Arc::new(new);
         match self.current.write() {
             Ok(mut guard) => *guard = new,
@@ -428,7 +453,7 @@ mod tests {
         let s = set();
         let creds = try_parse(&s.crt, &s.key, &s.ca).unwrap();
         assert_eq!(creds.leaf.identity, "leaf.test");
-        assert_eq!(creds.roots, 1);
+        assert_eq!(creds.trust.roots.len(), 1);
     }
 
     #[test]
@@ -464,6 +489,20 @@ mod tests {
             .expect_err("bad DER")
             .to_string();
         assert!(err.starts_with("tls.crt: unparseable certificate"), "{err}");
+    }
+
+    #[test]
+    fn roots_are_fingerprinted_once_each() {
+        let (s, other) = (set(), set());
+        let bundle = format!("{}{}{}", s.ca, other.ca, s.ca);
+        let creds = try_parse(&s.crt, &s.key, &bundle).unwrap();
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let want = [
+            hex::encode(Sha256::digest(der(&s.ca).as_ref())),
+            hex::encode(Sha256::digest(der(&other.ca).as_ref())),
+        ];
+        assert_eq!(creds.trust.roots, want);
+        assert!(creds.trust.roots.iter().all(|f| f.len() == 64));
     }
 
     #[test]

@@ -43,8 +43,10 @@
 //! `/metrics` (`tlsid_demo_handshakes_total{role,result="success"|"failure"}`,
 //! `tlsid_demo_requests_total{role,result="allowed"|"refused"|"error"}` (requests over completed
 //! handshakes: a refused request is not a failed handshake), `tlsid_demo_certificate_serial_info`,
-//! `tlsid_demo_certificate_expiration_timestamp_seconds`, `tlsid_demo_credential_reloads_total`, …),
-//! `/healthz` and `/readyz` are served on `--metrics-listen`.
+//! `tlsid_demo_certificate_expiration_timestamp_seconds`, `tlsid_demo_credential_reloads_total`,
+//! `tlsid_demo_trusted_root{role,fingerprint}` (one series per root of the trust bundle peers are
+//! verified with now; [`trusted_roots`] reads it back), …), `/healthz` and `/readyz` are served on
+//! `--metrics-listen`.
 //!
 //! Readiness: the server is ready once it has loaded credentials and is accepting connections; the
 //! client is ready once it has completed one mTLS exchange, i.e. received an HTTP response of any
@@ -65,6 +67,8 @@ mod verify;
 
 #[cfg(all(test, unix))]
 mod tests;
+
+pub use telemetry::{TRUSTED_ROOT_METRIC, trusted_roots};
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 

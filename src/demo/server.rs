@@ -155,7 +155,7 @@ fn server_config(
     presented: Presented,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let verifier = Arc::new(ObservingClientVerifier {
-        inner: creds.client_verifier.clone(),
+        inner: creds.trust.client_verifier.clone(),
         presented,
     });
     let mut config = ServerConfig::builder_with_provider(provider.clone())

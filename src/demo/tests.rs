@@ -2,6 +2,7 @@
 //! directories laid out the way the kubelet lays out a mounted Secret.
 
 use std::{
+    collections::BTreeSet,
     future::Future,
     io,
     net::SocketAddr,
@@ -405,6 +406,22 @@ fn serial_label(metrics: &str, family: &str) -> Option<String> {
             .next()
             .map(str::to_owned)
     })
+}
+
+/// The `fingerprint` label `tlsid_demo_trusted_root` carries for a root, from its PEM.
+fn fingerprint(pem: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    hex::encode(Sha256::digest(der.as_ref()))
+}
+
+/// The roots a process reports it verifies peers with, read as the controller reads them.
+async fn trusted(process: &Running) -> BTreeSet<String> {
+    super::trusted_roots(&process.metrics().await)
+}
+
+fn roots(pems: &[&str]) -> BTreeSet<String> {
+    pems.iter().map(|pem| fingerprint(pem)).collect()
 }
 
 fn handshakes(metrics: &str, role: &str, result: &str) -> f64 {
@@ -978,10 +995,18 @@ async fn the_servers_trust_bundle_reloads_too() {
     })
     .await;
     logs.assert_line(&["credentials reloaded", "roots=2"]);
+    assert_eq!(trusted(&server).await, roots(&[&old_ca.pem, &new_ca.pem]));
     let ok = exchange(server.addr, &new_client)
         .await
         .expect("trusted after the bundle reload");
     assert_eq!(ok.peer.serial, server_leaf.serial);
+
+    // CA rotation, last step: the old root is dropped, and so is its series.
+    dir.publish_leaf(&server_leaf, &new_ca.pem);
+    eventually("the old root to disappear", || async {
+        trusted(&server).await == roots(&[&new_ca.pem])
+    })
+    .await;
     server.stop().await.unwrap();
 }
 
