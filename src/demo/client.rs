@@ -154,6 +154,7 @@ impl Source {
                 args.cert_dir.clone(),
                 provider.clone(),
                 args.reload_interval,
+                args.trust_lag,
                 telemetry.clone(),
             )
             .await;

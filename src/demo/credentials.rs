@@ -37,7 +37,8 @@ pub(crate) struct Credentials {
     /// Leaf + intermediates and the matching private key.
     pub certified: Arc<CertifiedKey>,
     pub leaf: CertSummary,
-    /// What peers are verified against, from `ca.crt`.
+    /// What peers are verified against. Usually parsed from the same `ca.crt` version as the leaf;
+    /// with `--trust-lag` it can be an older bundle still waiting out the lag of its successor.
     pub trust: Trust,
     /// Digest of `tls.crt`, so touching files without changing them is not a "reload".
     leaf_content: [u8; 32],
@@ -51,6 +52,18 @@ impl fmt::Debug for Credentials {
             .field("chain_len", &self.certified.cert.len())
             .field("roots", &self.trust.roots.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// The same leaf and key, verifying peers with `trust` instead.
+    fn with_trust(&self, trust: Trust) -> Self {
+        Self {
+            certified: self.certified.clone(),
+            leaf: self.leaf.clone(),
+            trust,
+            leaf_content: self.leaf_content,
+        }
     }
 }
 
@@ -227,6 +240,12 @@ fn digest(file: &[u8]) -> [u8; 32] {
     Sha256::digest(file).into()
 }
 
+/// Whether a trust bundle first seen at `first_seen` may replace the one in use at `now`, under
+/// `--trust-lag`: only once it has been on disk for at least `lag`. A zero lag adopts at once.
+pub(crate) fn adopt_trust_now(first_seen: Instant, now: Instant, lag: Duration) -> bool {
+    now.saturating_duration_since(first_seen) >= lag
+}
+
 // === impl CredentialStore ===
 
 /// The current credentials plus the bookkeeping to notice and vet a rotation.
@@ -234,6 +253,8 @@ pub(crate) struct CredentialStore {
     dir: PathBuf,
     provider: Arc<CryptoProvider>,
     check_every: Duration,
+    /// How long a changed `ca.crt` must have been seen before peers are verified against it.
+    trust_lag: Duration,
     telemetry: Arc<Telemetry>,
     current: RwLock<Arc<Credentials>>,
     check: tokio::sync::Mutex<CheckState>,
@@ -245,10 +266,14 @@ struct CheckState {
     loaded: Fingerprint,
     /// The last state refused, so a broken set is warned about once, not on every retry.
     refused: Option<Fingerprint>,
+    /// The newest valid trust bundle read but not adopted yet (`--trust-lag`), and when it was
+    /// first seen.
+    pending_trust: Option<(Trust, Instant)>,
 }
 
 impl CredentialStore {
-    /// Load the initial credentials, retrying every `check_every` until they are valid.
+    /// Load the initial credentials, retrying every `check_every` until they are valid. The first
+    /// trust bundle is used at once: there is no older one to keep for `trust_lag`.
     ///
     /// Waiting rather than exiting matters in a cluster: the Secret may be created after the pod
     /// (an optional volume), and a crash loop would only delay the first handshake.
@@ -256,6 +281,7 @@ impl CredentialStore {
         dir: PathBuf,
         provider: Arc<CryptoProvider>,
         check_every: Duration,
+        trust_lag: Duration,
         telemetry: Arc<Telemetry>,
     ) -> Self {
         let retry_every = check_every.max(Duration::from_millis(100));
@@ -279,12 +305,14 @@ impl CredentialStore {
                         dir,
                         provider,
                         check_every,
+                        trust_lag,
                         telemetry,
                         current: RwLock::new(Arc::new(creds)),
                         check: tokio::sync::Mutex::new(CheckState {
                             last_check: Instant::now(),
                             loaded: fingerprint,
                             refused: None,
+                            pending_trust: None,
                         }),
                     };
                 }
@@ -338,6 +366,7 @@ impl CredentialStore {
         state.last_check = Instant::now();
         match outcome {
             Ok(Some((fingerprint, Ok(new)))) => {
+                let new = self.hold_back_trust(new, &mut state);
                 self.install(new);
                 state.loaded = fingerprint;
                 state.refused = None;
@@ -358,6 +387,62 @@ impl CredentialStore {
             Ok(None) => {}
             Err(e) => warn!(error = %e, "credential check did not complete"),
         }
+        // A bundle waiting out the lag is the newest valid one seen: a broken set published since
+        // does not hold it back, just as it would not have replaced it without a lag.
+        self.adopt_pending_trust_if_due(&mut state);
+    }
+
+    /// The leaf and key of `new`, and, under `--trust-lag`, the trust bundle in use until the one
+    /// in `new` has been seen for the lag; that one is parked in `state` meanwhile.
+    fn hold_back_trust(&self, new: Credentials, state: &mut CheckState) -> Credentials {
+        let current = self.snapshot();
+        if new.trust.content == current.trust.content {
+            // The bundle on disk is the one in use (again): anything parked is obsolete.
+            state.pending_trust = None;
+            return new;
+        }
+        let now = Instant::now();
+        let first_seen = match &state.pending_trust {
+            Some((pending, seen)) if pending.content == new.trust.content => Some(*seen),
+            _ => None,
+        };
+        if adopt_trust_now(first_seen.unwrap_or(now), now, self.trust_lag) {
+            state.pending_trust = None;
+            return new;
+        }
+        if first_seen.is_none() {
+            info!(
+                cert_dir = %self.dir.display(),
+                roots = current.trust.roots.len(),
+                new_roots = new.trust.roots.len(),
+                trust_lag_ms = super::millis(self.trust_lag),
+                "new trust bundle seen: verifying peers with the current one until --trust-lag has passed",
+            );
+        }
+        let held = new.with_trust(current.trust.clone());
+        state.pending_trust = Some((new.trust, first_seen.unwrap_or(now)));
+        held
+    }
+
+    fn adopt_pending_trust_if_due(&self, state: &mut CheckState) {
+        let due = state
+            .pending_trust
+            .as_ref()
+            .is_some_and(|(_, seen)| adopt_trust_now(*seen, Instant::now(), self.trust_lag));
+        if !due {
+            return;
+        }
+        let Some((trust, seen)) = state.pending_trust.take() else {
+            return;
+        };
+        info!(
+            cert_dir = %self.dir.display(),
+            roots = trust.roots.len(),
+            seen_for_ms = super::millis(seen.elapsed()),
+            "trust bundle adopted after --trust-lag",
+        );
+        let new = self.snapshot().with_trust(trust);
+        self.install(new);
     }
 
     fn install(&self, new: Credentials) {
@@ -489,6 +574,33 @@ mod tests {
             .expect_err("bad DER")
             .to_string();
         assert!(err.starts_with("tls.crt: unparseable certificate"), "{err}");
+    }
+
+    #[test]
+    fn a_new_trust_bundle_is_adopted_once_seen_for_the_lag() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // (seen for, lag, adopt now?)
+        let cases = [
+            (s(0), s(0), true),
+            (s(5), s(0), true),
+            (s(0), s(30), false),
+            (ms(29_999), s(30), false),
+            (s(30), s(30), true),
+            (s(31), s(30), true),
+            (s(3600), s(3600), true),
+        ];
+        for (seen_for, lag, want) in cases {
+            assert_eq!(
+                adopt_trust_now(t0, t0 + seen_for, lag),
+                want,
+                "seen for {seen_for:?}, lag {lag:?}"
+            );
+        }
+        // "now" before "first seen" (a monotonic clock never does it) counts as not seen yet.
+        assert!(!adopt_trust_now(t0 + s(10), t0, s(1)));
+        assert!(adopt_trust_now(t0 + s(10), t0, Duration::ZERO));
     }
 
     #[test]

@@ -48,6 +48,10 @@
 //! verified with now; [`trusted_roots`] reads it back), …), `/healthz` and `/readyz` are served on
 //! `--metrics-listen`.
 //!
+//! `--trust-lag` makes a process a deliberately slow consumer of new trust, for testing a CA
+//! rollover: a changed `ca.crt` is only verified against once it has been seen for the lag, while
+//! `tls.crt` and `tls.key` still reload at once.
+//!
 //! Readiness: the server is ready once it has loaded credentials and is accepting connections; the
 //! client is ready once it has completed one mTLS exchange, i.e. received an HTTP response of any
 //! status (credentials alone prove nothing about whether the server trusts them; a 403 does prove
@@ -100,6 +104,13 @@ pub struct ServerArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub reload_interval: Duration,
 
+    /// Keep verifying peers with the trust bundle already loaded until a changed ca.crt has been
+    /// seen for this long (Go-style duration, e.g. 30s; 0 adopts it at once). A testing aid: it
+    /// makes the process a deliberately slow consumer of new trust. tls.crt and tls.key are never
+    /// delayed, and the first bundle is used as soon as it is read.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub trust_lag: Duration,
+
     /// Answer only clients with a URI SAN (SPIFFE ID) equal to PATTERN, or starting with it up to
     /// a trailing `*` (e.g. spiffe://cluster.local/ns/shop/*); `*` alone allows every verified
     /// client. Repeatable: any match allows. Without it, every verified client is allowed. Others
@@ -140,6 +151,13 @@ pub struct ClientArgs {
     /// How often at most to check --cert-dir for rotated credentials (Go-style duration, e.g. 1s).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub reload_interval: Duration,
+
+    /// Keep verifying peers with the trust bundle already loaded until a changed ca.crt has been
+    /// seen for this long (Go-style duration, e.g. 30s; 0 adopts it at once). A testing aid: it
+    /// makes the process a deliberately slow consumer of new trust. tls.crt and tls.key are never
+    /// delayed, and the first bundle is used as soon as it is read.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub trust_lag: Duration,
 
     /// Present a certificate from a throwaway CA made in memory at start instead of tls.crt and
     /// tls.key; only ca.crt is read from --cert-dir (to verify the server). Shows a server
@@ -246,7 +264,15 @@ mod args_tests {
         assert_eq!(s.listen.to_string(), "0.0.0.0:8443");
         assert_eq!(s.metrics_listen.to_string(), "0.0.0.0:9090");
         assert_eq!(s.reload_interval, Duration::from_secs(1));
+        assert_eq!(s.trust_lag, Duration::ZERO, "no lag unless asked for");
         assert!(s.allow_client.is_empty());
+
+        let Demo::Server(s) =
+            Demo::try_parse_from(["demo", "server", "--trust-lag", "1m"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(s.trust_lag, Duration::from_secs(60));
 
         let argv = [
             "demo",
@@ -284,6 +310,18 @@ mod args_tests {
             ("srv:8443", Duration::from_secs(90), Some(3))
         );
         assert_eq!(c.server_name, None);
+        assert_eq!(c.trust_lag, Duration::ZERO);
+        let argv = [
+            "demo",
+            "client",
+            "--connect",
+            "srv:8443",
+            "--trust-lag=250ms",
+        ];
+        let Demo::Client(c) = Demo::try_parse_from(argv).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.trust_lag, Duration::from_millis(250));
 
         for bad in [
             vec![
@@ -297,6 +335,15 @@ mod args_tests {
             vec!["demo", "client", "--connect", "srv:8443", "--interval", "2"],
             vec!["demo", "client", "--connect", "srv:8443", "--count", "0"],
             vec!["demo", "server", "--listen", "nonsense"],
+            vec!["demo", "server", "--trust-lag", "10"],
+            vec![
+                "demo",
+                "client",
+                "--connect",
+                "srv:8443",
+                "--trust-lag",
+                "-1s",
+            ],
             vec!["demo", "server", "--allow-client", ""],
             vec!["demo", "server", "--allow-client", "spiffe://td/*/sa/x"],
         ] {

@@ -80,6 +80,7 @@ async fn accept_until(
             args.cert_dir.clone(),
             provider.clone(),
             args.reload_interval,
+            args.trust_lag,
             telemetry.clone(),
         ) => Arc::new(store),
         () = &mut shutdown => return Ok(()),

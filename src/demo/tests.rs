@@ -287,6 +287,11 @@ async fn start_server(dir: &CertDir) -> Running {
 
 /// A server with these `--allow-client` patterns.
 async fn start_server_allowing(dir: &CertDir, allow: &[&str]) -> Running {
+    start_server_with(dir, allow, Duration::ZERO).await
+}
+
+/// A server with these `--allow-client` patterns and `--trust-lag`.
+async fn start_server_with(dir: &CertDir, allow: &[&str], trust_lag: Duration) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (addr, metrics_addr) = (
@@ -298,6 +303,7 @@ async fn start_server_allowing(dir: &CertDir, allow: &[&str]) -> Running {
         listen: addr,
         metrics_listen: metrics_addr,
         reload_interval: RELOAD,
+        trust_lag,
         allow_client: allow.iter().map(|p| (*p).to_owned()).collect(),
     };
     let (stop, signal) = stop_signal();
@@ -311,6 +317,16 @@ async fn start_server_allowing(dir: &CertDir, allow: &[&str]) -> Running {
 }
 
 async fn start_client(dir: &CertDir, server: SocketAddr, count: Option<u64>) -> Running {
+    start_client_with(dir, server, count, Duration::ZERO).await
+}
+
+/// A client with `--trust-lag`.
+async fn start_client_with(
+    dir: &CertDir,
+    server: SocketAddr,
+    count: Option<u64>,
+    trust_lag: Duration,
+) -> Running {
     let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = metrics.local_addr().unwrap();
     let args = ClientArgs {
@@ -321,6 +337,7 @@ async fn start_client(dir: &CertDir, server: SocketAddr, count: Option<u64>) -> 
         count,
         metrics_listen: metrics_addr,
         reload_interval: RELOAD,
+        trust_lag,
         impostor: false,
     };
     let target = Target::parse(&args.connect, args.server_name.as_deref()).unwrap();
@@ -1007,6 +1024,102 @@ async fn the_servers_trust_bundle_reloads_too() {
         trusted(&server).await == roots(&[&new_ca.pem])
     })
     .await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_a_trust_lag_the_new_bundle_waits_but_the_leaf_does_not() {
+    const LAG: Duration = Duration::from_secs(2);
+    let (logs, _guard) = Logs::capture();
+    let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
+    let (v1, v2) = (old_ca.issue(SERVER_ID), old_ca.issue(SERVER_ID));
+    let both = format!("{}{}", old_ca.pem, new_ca.pem);
+    let mut dir = dir_with(&v1, &old_ca.pem);
+    let server = start_server_with(&dir, &[], LAG).await;
+    wait_ready(&server).await;
+    assert_eq!(
+        trusted(&server).await,
+        roots(&[&old_ca.pem]),
+        "the first bundle is used at once"
+    );
+    let new_client = creds(&new_ca.issue(CLIENT_ID), &both);
+
+    // A rotated leaf and a new bundle in one Secret update: the leaf is served at once ...
+    dir.publish_leaf(&v2, &both);
+    let published = Instant::now();
+    eventually("the rotated leaf to be served", || async {
+        serial_label(
+            &server.metrics().await,
+            "tlsid_demo_certificate_serial_info",
+        )
+        .as_ref()
+            == Some(&v2.serial)
+    })
+    .await;
+    logs.assert_line(&["new trust bundle seen", "roots=1", "new_roots=2"]);
+    // ... while peers are still verified with the old bundle.
+    exchange(server.addr, &new_client)
+        .await
+        .expect_err("the new root is not trusted before the lag");
+    assert_eq!(trusted(&server).await, roots(&[&old_ca.pem]));
+    assert!(
+        published.elapsed() < LAG,
+        "the checks above ran within the lag, so they prove the delay"
+    );
+
+    // Once the new bundle has been on disk for the lag, it is adopted without another update.
+    eventually("the new bundle to be adopted", || async {
+        trusted(&server).await == roots(&[&old_ca.pem, &new_ca.pem])
+    })
+    .await;
+    assert!(
+        published.elapsed() >= LAG,
+        "adopted after {:?}",
+        published.elapsed()
+    );
+    logs.assert_line(&["trust bundle adopted after --trust-lag", "roots=2"]);
+    let ok = exchange(server.addr, &new_client)
+        .await
+        .expect("trusted after the lag");
+    assert_eq!(ok.peer.serial, v2.serial);
+    let metrics = server.metrics().await;
+    assert_eq!(sample(&metrics, "tlsid_demo_credential_reloads_total"), 2.0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lagging_client_keeps_trusting_the_old_bundle_until_the_lag_has_passed() {
+    const LAG: Duration = Duration::from_secs(1);
+    // Captured even if unused elsewhere: tracing caches per call site whether anyone listens, and
+    // a test without a subscriber that logs a line first can hide it from the test that asserts it.
+    let (logs, _guard) = Logs::capture();
+    let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
+    let both = format!("{}{}", old_ca.pem, new_ca.pem);
+    let server_dir = dir_with(&old_ca.issue(SERVER_ID), &both);
+    let server = start_server(&server_dir).await;
+    wait_ready(&server).await;
+    let client_leaf = old_ca.issue(CLIENT_ID);
+    let mut client_dir = dir_with(&client_leaf, &old_ca.pem);
+    let client = start_client_with(&client_dir, server.addr, None, LAG).await;
+    wait_ready(&client).await;
+    assert_eq!(trusted(&client).await, roots(&[&old_ca.pem]));
+
+    client_dir.publish_leaf(&client_leaf, &both);
+    let published = Instant::now();
+    // The client keeps connecting (its own certificate is unchanged) with the old bundle.
+    tokio::time::sleep(LAG / 2).await;
+    assert_eq!(trusted(&client).await, roots(&[&old_ca.pem]));
+    assert!(published.elapsed() < LAG);
+    eventually("the client to adopt the new bundle", || async {
+        trusted(&client).await == roots(&[&old_ca.pem, &new_ca.pem])
+    })
+    .await;
+    assert!(published.elapsed() >= LAG);
+    logs.assert_line(&["new trust bundle seen", "roots=1", "new_roots=2"]);
+    logs.assert_line(&["trust bundle adopted after --trust-lag", "roots=2"]);
+    let metrics = client.metrics().await;
+    assert_eq!(handshakes(&metrics, "client", "failure"), 0.0);
+    client.stop().await.unwrap();
     server.stop().await.unwrap();
 }
 
