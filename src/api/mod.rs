@@ -62,6 +62,13 @@ pub fn install_of(labels: &std::collections::BTreeMap<String, String>) -> &str {
 /// Annotation that asks for a re-issue; its value is an opaque token (e.g. a timestamp).
 /// A new value triggers one re-issue; the handled value is recorded in `status.lastRenewRequest`.
 pub const RENEW_ANNOTATION: &str = "tlsid.dev/renew";
+/// Annotation on a `TlsIdentity` with `spec.demo`: a testing aid that makes its demo workload a
+/// deliberately slow consumer of new trust, for exercising a CA rollover. The value, a Go duration
+/// from `0` to [`MAX_DEMO_TRUST_LAG`], becomes the demo's `--trust-lag`: a changed `ca.crt` is only
+/// verified against once it has been seen for that long. Any other value is ignored.
+pub const DEMO_TRUST_LAG_ANNOTATION: &str = "tlsid.dev/demo-trust-lag";
+/// Longest [`DEMO_TRUST_LAG_ANNOTATION`] honoured.
+pub const MAX_DEMO_TRUST_LAG: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Secret annotations describing what is in the Secret (never key material).
 pub const SERIAL_ANNOTATION: &str = "tlsid.dev/serial";
 pub const REVISION_ANNOTATION: &str = "tlsid.dev/revision";

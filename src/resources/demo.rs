@@ -2,7 +2,10 @@
 //! with the identity's Secret mounted (as a volume, never `subPath`, which would never update), and
 //! a Service in front of servers.
 
-use crate::api::{DemoRole, DemoSpec, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TlsIdentity};
+use crate::api::{
+    DEMO_TRUST_LAG_ANNOTATION, DemoRole, DemoSpec, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+    MAX_DEMO_TRUST_LAG, TlsIdentity,
+};
 use crate::tenancy::Settings;
 use k8s_openapi::{
     api::{
@@ -100,6 +103,16 @@ pub fn allowed_clients(identity: &TlsIdentity, demo: &DemoSpec, names: &Settings
     })
 }
 
+/// The demo's `--trust-lag` from [`DEMO_TRUST_LAG_ANNOTATION`], if it is a duration the demo's
+/// flag accepts, within [`MAX_DEMO_TRUST_LAG`]. Anything else is ignored: the annotation is a
+/// testing aid, not part of the validated spec.
+pub fn demo_trust_lag(identity: &TlsIdentity) -> Option<std::time::Duration> {
+    let value = identity.annotations().get(DEMO_TRUST_LAG_ANNOTATION)?;
+    crate::demo::parse_duration(value)
+        .ok()
+        .filter(|lag| *lag <= MAX_DEMO_TRUST_LAG)
+}
+
 /// The Deployment. `target` is required for clients.
 pub fn desired_deployment(
     identity: &TlsIdentity,
@@ -137,6 +150,11 @@ pub fn desired_deployment(
                 .unwrap_or(crate::api::DEFAULT_DEMO_INTERVAL);
             args.extend(["--interval".into(), format!("{}ms", interval.as_millis())]);
         }
+    }
+    if let Some(lag) = demo_trust_lag(identity) {
+        // Whole milliseconds, as `--interval`: the text is ours, so the pod template (and its
+        // hash) only changes when the lag does.
+        args.extend(["--trust-lag".into(), format!("{}ms", lag.as_millis())]);
     }
     args.extend([
         "--cert-dir".into(),
@@ -438,6 +456,88 @@ mod tests {
                 .any(|w| w == ["--connect", "orders.shop.svc.cluster.local.:8443"])
         );
         assert!(args.windows(2).any(|w| w == ["--interval", "500ms"]));
+    }
+
+    #[test]
+    fn trust_lag_annotation_becomes_the_flag_only_when_valid() {
+        let demo = DemoSpec {
+            role: DemoRole::Server,
+            ..Default::default()
+        };
+        let cdemo = DemoSpec {
+            role: DemoRole::Client,
+            server: Some("orders".into()),
+            ..Default::default()
+        };
+        let t = ServerTarget {
+            address: "orders.shop.svc.cluster.local.:8443".into(),
+            server_name: "orders.shop.svc".into(),
+        };
+        let args = |annotation: Option<&str>, demo: &DemoSpec| {
+            let mut i = id("orders", &["orders.shop.svc"], demo.clone());
+            if let Some(value) = annotation {
+                i.metadata.annotations =
+                    Some([(DEMO_TRUST_LAG_ANNOTATION.to_string(), value.to_string())].into());
+            }
+            let d = desired_deployment(&i, demo, "img", Some(&t), &Settings::default());
+            d.spec.unwrap().template.spec.unwrap().containers[0]
+                .args
+                .clone()
+                .unwrap()
+        };
+        let lag_of = |args: &[String]| {
+            let at = args.iter().position(|a| a == "--trust-lag")?;
+            args.get(at + 1).cloned()
+        };
+        let cases = [
+            (None, None),
+            (Some("0"), Some("0ms")),
+            (Some("0s"), Some("0ms")),
+            (Some("30s"), Some("30000ms")),
+            (Some("1m30s"), Some("90000ms")),
+            (Some(" 2s "), Some("2000ms")),
+            (Some("1h"), Some("3600000ms")),
+            (Some("60m"), Some("3600000ms")),
+            (Some("1h0m0.001s"), None),
+            (Some("2h"), None),
+            (Some("9999999999999h"), None),
+            (Some("-1s"), None),
+            (Some("+1s"), None),
+            (Some("30"), None),
+            (Some(""), None),
+            (Some("soon"), None),
+        ];
+        for (annotation, want) in cases {
+            for d in [&demo, &cdemo] {
+                let args = args(annotation, d);
+                assert_eq!(lag_of(&args).as_deref(), want, "{annotation:?}");
+                assert_eq!(
+                    args.iter().filter(|a| *a == "--trust-lag").count(),
+                    usize::from(want.is_some())
+                );
+                // The flag the demo parses accepts exactly what is passed.
+                if let Some(value) = lag_of(&args) {
+                    assert!(crate::demo::parse_duration(&value).is_ok(), "{value}");
+                }
+            }
+        }
+        let demo_without = desired_deployment(
+            &id("orders", &["orders.shop.svc"], demo.clone()),
+            &demo,
+            "img",
+            None,
+            &Settings::default(),
+        );
+        let mut lagging = id("orders", &["orders.shop.svc"], demo.clone());
+        lagging.metadata.annotations =
+            Some([(DEMO_TRUST_LAG_ANNOTATION.to_string(), "30s".to_string())].into());
+        assert!(
+            !up_to_date(
+                &demo_without,
+                &desired_deployment(&lagging, &demo, "img", None, &Settings::default())
+            ),
+            "adding the annotation rolls the demo out again"
+        );
     }
 
     #[test]
