@@ -361,7 +361,10 @@ class Stacks:
             # The flags hack/build-k8s.sh uses, so the standard library it compiled is reused from
             # Go's build cache (a cold build of net/http and crypto/tls takes ~45 CPU-seconds).
             env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="")
-            subprocess.run(["go", "build", "-trimpath", "-o", out, "."], cwd=src, env=env, check=True)
+            # Built aside and renamed: the matrix and the rollover test may run drivers at once.
+            tmp = f"{out}.{os.getpid()}"
+            subprocess.run(["go", "build", "-trimpath", "-o", tmp, "."], cwd=src, env=env, check=True)
+            os.replace(tmp, out)
         self.go_bin = out
         self.versions["go"] = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip()
 
@@ -373,8 +376,13 @@ class Stacks:
         out = os.path.join(self.work, f"java-{self._hash(src)}")
         if not os.path.exists(os.path.join(out, "Interop.class")):
             log("compiling the Java peer (javac)…")
-            os.makedirs(out, exist_ok=True)
-            subprocess.run(["javac", "-d", out, src], check=True)
+            tmp = f"{out}.{os.getpid()}"  # compiled aside and renamed, as the Go peer is built
+            subprocess.run(["javac", "-d", tmp, src], check=True)
+            if os.path.exists(os.path.join(out, "Interop.class")):  # another driver got there first
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                shutil.rmtree(out, ignore_errors=True)  # a half-made dir of an older driver
+                os.rename(tmp, out)
         self.java_cp = out
         v = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()
         self.versions["java"] = v[0] if v else "java"
