@@ -812,7 +812,7 @@ def update_doc(path, sections):
             if begin not in doc or end not in doc:
                 die(f"{path} has no {begin} … {end} lines")
             head, rest = doc.split(begin, 1)
-            doc = head + begin + "\n\n" + sections["rollover"] + "\n" + end + rest.split(end, 1)[1]
+            doc = head + begin + "\n\n" + sections["rollover"].rstrip("\n") + "\n\n" + end + rest.split(end, 1)[1]
         if "matrix" in sections:
             marker = "<!-- matrix -->"
             if marker not in doc:
@@ -956,14 +956,14 @@ def render_rollover(cells, st, cases, rollover, server_stacks, client_stacks, ve
              f"{sum(c.outcome == 'refused' for c in passed)} refused as an unknown issuer), "
              f"**{len(ran) - len(passed)} not**, {len(cells) - len(ran)} n/a.\n")
     L.append("Stacks: " + "; ".join(f"{STACK_TITLE[s]}: {st.versions.get(s) or 'unavailable: ' + st.unavailable.get(s, '?')}"
-                                    for s in CLIENT_STACKS) + ".")
+                                    for s in CLIENT_STACKS) + ".\n")
     sources = sorted({i.meta.get("source", "unspecified") for i in rollover.values()})
     L.append(f"Identities: {', '.join(sorted(i.name for i in rollover.values()))} (source: {'; '.join(sources)}).\n")
     L.append(f"Each cell: the stack verifies the peer's leaf against that bundle, as client (the "
              f"{STACK_TITLE[NEGATIVE_PRESENTER['client']]} server presents the leaf) and as server (the "
              f"{STACK_TITLE[NEGATIVE_PRESENTER['server']]} client presents it); the presenting peer trusts the overlap "
              "bundle. ✅ the outcome is the expected one (a refusal counts only when the stack's own error names an "
-             "unknown issuer), ❌ it is not, n/a not supported (reason below).\n")
+             "unknown issuer or an untrusted chain), ❌ it is not, n/a not supported (reason below).\n")
     notes = {}
 
     def mark(c):
