@@ -45,6 +45,11 @@ matrix=target/interop/matrix.md
 [[ -n $(find "${matrix}" -newermt "@$(($(date +%s) - SECONDS))" 2>/dev/null) ]] ||
   tlsid_die "${matrix} was not written by this run: did tests/interop run?"
 sed '/^### Negative cases/,$d' "${matrix}"
+# And the CA rollover states (old/new leaf × old/overlap/new bundle), signed by the library.
+rollover=target/interop/rollover.md
+[[ -n $(find "${rollover}" -newermt "@$(($(date +%s) - SECONDS))" 2>/dev/null) ]] ||
+  tlsid_die "${rollover} was not written by this run: did tests/interop run?"
+sed '/^### Rollover refusals/,$d' "${rollover}"
 
 step "chart"
 KUBECONFIG="${TLSID_TEST_KUBECONFIG}" hack/chart.sh check

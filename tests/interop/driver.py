@@ -9,9 +9,12 @@ DIR holds one subdirectory per identity, with the Secret's files exactly as a po
     {"name": "ecdsa-p256", "key_type": "ecdsa-p256", "role": "matrix", "chain": "root",
      "dns_names": ["localhost"], "ip_addresses": ["127.0.0.1"], "usages": ["server", "client"],
      "password_file": "keystore-password"}
-role is one of matrix, wrong-san, expired, untrusted, server-only, client-only. Matrix identities
-must carry the DNS SAN given by --server-name (default localhost). Exit status 1 when an expected pass
-fails or a negative case is not rejected for the expected reason; 2 on set-up errors.
+role is one of matrix, wrong-san, expired, untrusted, server-only, client-only, rollover. Matrix and
+rollover identities must carry the DNS SAN given by --server-name (default localhost). A rollover
+identity's meta.json also says which state of a CA rollover it is:
+    "rollover": {"case": "root" | "intermediate", "leaf": "old" | "new", "bundle": "old" | "overlap" | "new"}
+Exit status 1 when an expected pass fails, a negative case is not rejected for the expected reason, or
+a rollover cell's outcome is not the expected one; 2 on set-up errors.
 """
 import argparse
 import hashlib
@@ -66,6 +69,26 @@ NEGATIVES = [
 # the configured certificate, whereas Go's client withholds one not issued by a CA the server lists in
 # its CertificateRequest (so an untrusted Go client arrives with no certificate at all).
 NEGATIVE_PRESENTER = {"client": "go", "server": "python"}
+
+# The CA rollover section: a leaf of the old CA or of the new one, judged against the old bundle {A},
+# the overlap bundle {A, new} or the new bundle {new}. A stack trusts a leaf exactly when the bundle
+# holds the root the leaf chains to; anything else must be refused as an unknown issuer.
+ROLLOVER_CASES = [
+    ("root", "root A → root B"),
+    ("intermediate", "root A → root C's intermediate (tls.crt = leaf + intermediate, bundle = root C)"),
+]
+ROLLOVER_LEAVES = ["old", "new"]
+ROLLOVER_BUNDLES = ["old", "overlap", "new"]
+ROLLOVER_TRUSTED = {("old", "old"), ("old", "overlap"), ("new", "overlap"), ("new", "new")}
+# The verifier's own words for "no trusted root": OpenSSL says "self-signed certificate in certificate
+# chain" when the peer sent its root along (an OpenSSL client whose tls.crt holds the leaf alone appends
+# the root it finds in its own CA file, here the overlap bundle's old root) and that root is not trusted.
+UNKNOWN_ISSUER = (r"unknown ?(authority|issuer)|UnknownIssuer|local issuer|unable to find valid certification path|"
+                  r"PKIX path building failed|unable to verify the first certificate|"
+                  r"self-signed certificate in certificate chain")
+# What the presenting peer says when it refused its peer itself (it trusts the overlap bundle, so it
+# never should): a refusal cell counts only when the presenter did not refuse first.
+PRESENTER_OWN_REFUSAL = {"go": r"failed to verify certificate", "python": r"CERTIFICATE_VERIFY_FAILED|SSLCertVerificationError"}
 
 # Cells a stack cannot run, with the reason; they are shown as n/a, never hidden. Each entry:
 # (client stack or None, server stack or None, key type or None, TLS version or None, reason).
@@ -361,7 +384,10 @@ class Stacks:
             # The flags hack/build-k8s.sh uses, so the standard library it compiled is reused from
             # Go's build cache (a cold build of net/http and crypto/tls takes ~45 CPU-seconds).
             env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="")
-            subprocess.run(["go", "build", "-trimpath", "-o", out, "."], cwd=src, env=env, check=True)
+            # Built aside and renamed: the matrix and the rollover test may run drivers at once.
+            tmp = f"{out}.{os.getpid()}"
+            subprocess.run(["go", "build", "-trimpath", "-o", tmp, "."], cwd=src, env=env, check=True)
+            os.replace(tmp, out)
         self.go_bin = out
         self.versions["go"] = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip()
 
@@ -373,8 +399,13 @@ class Stacks:
         out = os.path.join(self.work, f"java-{self._hash(src)}")
         if not os.path.exists(os.path.join(out, "Interop.class")):
             log("compiling the Java peer (javac)…")
-            os.makedirs(out, exist_ok=True)
-            subprocess.run(["javac", "-d", out, src], check=True)
+            tmp = f"{out}.{os.getpid()}"  # compiled aside and renamed, as the Go peer is built
+            subprocess.run(["javac", "-d", tmp, src], check=True)
+            if os.path.exists(os.path.join(out, "Interop.class")):  # another driver got there first
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                shutil.rmtree(out, ignore_errors=True)  # a half-made dir of an older driver
+                os.rename(tmp, out)
         self.java_cp = out
         v = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()
         self.versions["java"] = v[0] if v else "java"
@@ -567,6 +598,21 @@ class Negative:
     peer_error: str = ""
 
 
+@dataclass
+class RolloverCell:
+    case: str  # root | intermediate
+    judge: str  # client | server: the side the stack under test plays (it verifies the other's leaf)
+    stack: str
+    leaf: str  # old | new
+    bundle: str  # old | overlap | new
+    expected: str  # verified | refused
+    status: str = "n/a"  # pass (the outcome is the expected one) | FAIL | n/a
+    outcome: str = ""  # verified | refused | accepted | wrong reason | …
+    detail: str = ""
+    verifier_error: str = ""
+    peer_error: str = ""
+
+
 def known_unsupported(client, server, key_type, version):
     for c, s, k, v, reason in KNOWN_UNSUPPORTED:
         if (c in (None, client)) and (s in (None, server)) and (k in (None, key_type)) and (v in (None, version)):
@@ -597,14 +643,31 @@ def main():
     wanted_keys = set(filter(None, args.keys.split(",")))
     matrix_ids = [i for i in ids if i.role == "matrix" and (not wanted_keys or i.key_type in wanted_keys)]
     matrix_ids.sort(key=lambda i: (i.chain != "root", KEY_ORDER.index(i.key_type) if i.key_type in KEY_ORDER else 99))
-    by_role = {i.role: i for i in ids if i.role != "matrix"}
+    by_role = {i.role: i for i in ids if i.role not in ("matrix", "rollover")}
+    rollover = {}
+    for i in ids:
+        if i.role == "rollover":
+            r = i.meta.get("rollover") or {}
+            rollover[(r.get("case"), r.get("leaf"), r.get("bundle"))] = i
     versions = [v for v in args.versions.split(",") if v in VERSIONS]
     stacks = set(args.stacks.split(","))
     server_stacks = [s for s in SERVER_STACKS if s in stacks]
     client_stacks = [s for s in CLIENT_STACKS if s in stacks]
-    if not matrix_ids:
-        die("no identities with role matrix found")
-    base = next((i for i in matrix_ids if i.key_type == "ecdsa-p256" and i.chain == "root"), matrix_ids[0])
+    if not matrix_ids and not rollover:
+        die("no identities with role matrix or rollover found")
+    rollover_cases = [c for c, _ in ROLLOVER_CASES if any(k[0] == c for k in rollover)]
+    for case in rollover_cases:
+        missing = [f"{leaf} leaf with the {bundle} bundle" for leaf in ROLLOVER_LEAVES for bundle in ROLLOVER_BUNDLES
+                   if (case, leaf, bundle) not in rollover]
+        if missing:
+            die(f"rollover case {case}: no identity for the " + ", ".join(missing))
+    unknown = sorted({k[0] for k in rollover} - set(rollover_cases))
+    if unknown:
+        die(f"rollover identities of unknown case(s) {', '.join(map(str, unknown))}")
+    # The rollover cells are pinned to TLS 1.3 (chain building does not depend on the version).
+    rollover_version = "1.3" if "1.3" in versions else versions[0]
+    base = next((i for i in matrix_ids if i.key_type == "ecdsa-p256" and i.chain == "root"),
+                matrix_ids[0] if matrix_ids else None)
 
     st = Stacks(args)
     st.setup(stacks)
@@ -623,13 +686,19 @@ def main():
         for i in matrix_ids:
             for v in (["any"] if (s == "rustls" and ver_any) else versions):
                 listeners[s].append((f"{i.name}@{v}", i, v))
-    negatives_on = not args.no_negatives
+    negatives_on = not args.no_negatives and base is not None
     presenter = NEGATIVE_PRESENTER["client"]
     if negatives_on and presenter in listeners:
         for case, judge, _, _ in NEGATIVES:
             if judge == "client" and case in by_role:
                 for v in versions:
                     listeners[presenter].append((f"{by_role[case].name}@{v}", by_role[case], v))
+    # Rollover: every state on every server stack (the stack under test as server uses it; the
+    # presenting Go server uses the overlap ones).
+    for s in server_stacks:
+        for i in rollover.values():
+            v = "any" if (s == "rustls" and ver_any) else rollover_version
+            listeners[s].append((f"{i.name}@{v}", i, v))
 
     servers = {}
     agents = {}
@@ -694,6 +763,12 @@ def main():
         if negatives_on:
             negs = run_negatives(st, agents, servers, server_stacks, client_stacks, versions, by_role, base,
                                  args.server_name)
+        rollover_started = time.time()
+        ro_cells = []
+        if rollover:
+            ro_cells = run_rollover(st, agents, servers, server_stacks, client_stacks, rollover_version,
+                                    rollover_cases, rollover, args.server_name)
+        rollover_secs = time.time() - rollover_started
     finally:
         for a in agents.values():
             a.stop()
@@ -701,7 +776,14 @@ def main():
             p.stop()
 
     elapsed = time.time() - started
-    md = render(cells, negs, st, matrix_ids, server_stacks, client_stacks, versions, elapsed, by_role)
+    sections = {}
+    if matrix_ids:
+        sections["matrix"] = render(cells, negs, st, matrix_ids, server_stacks, client_stacks, versions, elapsed,
+                                    by_role)
+    if ro_cells:
+        sections["rollover"] = render_rollover(ro_cells, st, rollover_cases, rollover, server_stacks, client_stacks,
+                                               rollover_version, rollover_secs)
+    md = "\n".join(sections.values())
     print(md)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -709,17 +791,37 @@ def main():
             f.write(md)
         log(f"wrote {args.out}")
     if args.update_doc:
-        with open(args.update_doc) as f:
-            doc = f.read()
-        marker = "<!-- matrix -->"
-        if marker not in doc:
-            die(f"{args.update_doc} has no {marker} line")
-        with open(args.update_doc, "w") as f:
-            f.write(doc.split(marker)[0] + marker + "\n\n" + md)
-        log(f"updated {args.update_doc}")
-    failed = [c for c in cells if c.status == "FAIL"] + [x for x in negs if x.status not in ("rejected", "n/a")]
-    log(f"{len(cells)} cells, {len(negs)} negative checks, {len(failed)} failures, {elapsed:.0f}s")
+        update_doc(args.update_doc, sections)
+    failed = [c for c in cells if c.status == "FAIL"] + [x for x in negs if x.status not in ("rejected", "n/a")] + \
+        [c for c in ro_cells if c.status == "FAIL"]
+    log(f"{len(cells)} cells, {len(negs)} negative checks, {len(ro_cells)} rollover cells, {len(failed)} failures, "
+        f"{elapsed:.0f}s")
     sys.exit(1 if failed else 0)
+
+
+def update_doc(path, sections):
+    """Replace the generated parts of docs/interop.md: the matrix is everything after the
+    `<!-- matrix -->` line, the rollover section what lies between `<!-- rollover -->` and
+    `<!-- /rollover -->`. Locked, as the matrix and the rollover test may finish at the same time."""
+    import fcntl
+    with open(path, "r+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        doc = f.read()
+        if "rollover" in sections:
+            begin, end = "<!-- rollover -->", "<!-- /rollover -->"
+            if begin not in doc or end not in doc:
+                die(f"{path} has no {begin} … {end} lines")
+            head, rest = doc.split(begin, 1)
+            doc = head + begin + "\n\n" + sections["rollover"].rstrip("\n") + "\n\n" + end + rest.split(end, 1)[1]
+        if "matrix" in sections:
+            marker = "<!-- matrix -->"
+            if marker not in doc:
+                die(f"{path} has no {marker} line")
+            doc = doc.split(marker)[0] + marker + "\n\n" + sections["matrix"]
+        f.seek(0)
+        f.write(doc)
+        f.truncate()
+    log(f"updated {path}")
 
 
 def run_negatives(st, agents, servers, server_stacks, client_stacks, versions, by_role, base, server_name):
@@ -768,6 +870,156 @@ def run_negatives(st, agents, servers, server_stacks, client_stacks, versions, b
                 log(f"negative {case:14} judged by {judge} {stack:>8} TLS {version}: {status}"
                     f"  [{one_line(verifier_err, 140)}]")
     return out
+
+
+def run_rollover(st, agents, servers, server_stacks, client_stacks, version, cases, rollover, server_name):
+    """Each stack, as client and as server, verifies the old and the new leaf against the old, the
+    overlap and the new bundle. The stack under test holds the judged state (that leaf, that bundle);
+    its peer presents the same leaf and trusts the overlap bundle, so it accepts whatever is sent and
+    the outcome is the judged stack's verdict alone."""
+    out = []
+    total = len(cases) * (len(client_stacks) + len(server_stacks)) * len(ROLLOVER_LEAVES) * len(ROLLOVER_BUNDLES)
+    n = 0
+    for case in cases:
+        for judge, stacks in (("client", client_stacks), ("server", server_stacks)):
+            presenter = NEGATIVE_PRESENTER[judge]
+            for stack in stacks:
+                for leaf in ROLLOVER_LEAVES:
+                    for bundle in ROLLOVER_BUNDLES:
+                        n += 1
+                        expected = "verified" if (leaf, bundle) in ROLLOVER_TRUSTED else "refused"
+                        cell = RolloverCell(case, judge, stack, leaf, bundle, expected)
+                        out.append(cell)
+                        judged, presented = rollover[(case, leaf, bundle)], rollover[(case, leaf, "overlap")]
+                        if judge == "client":
+                            client, server, client_ident, server_ident = stack, presenter, judged, presented
+                        else:
+                            client, server, client_ident, server_ident = presenter, stack, presented, judged
+                        lname = f"{server_ident.name}@{'any' if (server == 'rustls' and st.rustls_mode == 'demo') else version}"
+                        reason = st.client_unsupported(client, server, False)
+                        if not reason and (server, lname) not in servers:
+                            reason = f"{STACK_TITLE[server]} is not among the selected stacks (--stacks)"
+                        if reason:
+                            cell.detail = reason
+                            continue
+                        srv = servers[(server, lname)]
+                        if lname in srv.loadfail:
+                            cell.status, cell.outcome = "FAIL", "not run"
+                            cell.detail = f"{server} server could not load {lname}: {srv.loadfail[lname]}"
+                            continue
+                        srv.drain(lname)
+                        ok, got_ver, detail = st.client(client, agents, srv.ports[lname], server_name, client_ident,
+                                                        version, False)
+                        s_ok, s_text = srv.event(lname)
+                        verifier_err, peer_err = (detail, s_text) if judge == "client" else (s_text, detail)
+                        cell.verifier_error, cell.peer_error = one_line(verifier_err, 400), one_line(peer_err, 200)
+                        judged_accepted = ok if judge == "client" else s_ok is True
+                        problems = []
+                        if ok and s_ok is True:
+                            cell.outcome = "verified"
+                            if got_ver and got_ver != version:
+                                problems.append(f"negotiated TLS {got_ver}, not {version}")
+                        elif judged_accepted:
+                            cell.outcome = "accepted"
+                            problems.append(f"the {judge} accepted the leaf but the connection failed: "
+                                            f"client: {one_line(detail)}; server: {one_line(s_text)}")
+                        elif re.search(PRESENTER_OWN_REFUSAL[presenter], peer_err or ""):
+                            cell.outcome = "peer refused"
+                            problems.append(f"the presenting {STACK_TITLE[presenter]} {('server', 'client')[judge == 'server']} "
+                                            f"refused first: {one_line(peer_err)}")
+                        elif re.search(UNKNOWN_ISSUER, verifier_err or "", re.I):
+                            cell.outcome = "refused"
+                        elif expected == "refused":
+                            cell.outcome = "wrong reason"
+                            problems.append(f"refused, but not as an unknown issuer: {one_line(verifier_err)}")
+                        else:
+                            cell.outcome = "failed"
+                            problems.append(f"client: {one_line(detail)}; server: {one_line(s_text)}")
+                        if cell.outcome != expected and not problems:
+                            problems.append(f"expected {expected}")
+                        cell.status = "FAIL" if (problems or cell.outcome != expected) else "pass"
+                        cell.detail = "; ".join(problems) if problems else one_line(verifier_err, 160)
+                        log(f"[rollover {n}/{total}] {case:12} {leaf} leaf / {bundle:7} bundle, judged by {judge} "
+                            f"{stack:>8}: {cell.outcome} (expected {expected}) {cell.status}"
+                            f"{'  ' + cell.detail if cell.status == 'FAIL' else ''}")
+    return out
+
+
+def render_rollover(cells, st, cases, rollover, server_stacks, client_stacks, version, secs):
+    L = []
+    ran = [c for c in cells if c.status != "n/a"]
+    passed = [c for c in ran if c.status == "pass"]
+    L.append("## CA rollover matrix\n")
+    L.append(f"Run {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, TLS {version}, {secs:.0f}s: "
+             f"**{len(passed)} of {len(cells)} cells as expected** "
+             f"({sum(c.outcome == 'verified' for c in passed)} verified, "
+             f"{sum(c.outcome == 'refused' for c in passed)} refused as an unknown issuer), "
+             f"**{len(ran) - len(passed)} not**, {len(cells) - len(ran)} n/a.\n")
+    L.append("Stacks: " + "; ".join(f"{STACK_TITLE[s]}: {st.versions.get(s) or 'unavailable: ' + st.unavailable.get(s, '?')}"
+                                    for s in CLIENT_STACKS) + ".\n")
+    sources = sorted({i.meta.get("source", "unspecified") for i in rollover.values()})
+    L.append(f"Identities: {', '.join(sorted(i.name for i in rollover.values()))} (source: {'; '.join(sources)}).\n")
+    L.append(f"Each cell: the stack verifies the peer's leaf against that bundle, as client (the "
+             f"{STACK_TITLE[NEGATIVE_PRESENTER['client']]} server presents the leaf) and as server (the "
+             f"{STACK_TITLE[NEGATIVE_PRESENTER['server']]} client presents it); the presenting peer trusts the overlap "
+             "bundle. ✅ the outcome is the expected one (a refusal counts only when the stack's own error names an "
+             "unknown issuer or an untrusted chain), ❌ it is not, n/a not supported (reason below).\n")
+    notes = {}
+
+    def mark(c):
+        if c.status == "n/a":
+            k = notes.setdefault(c.detail, len(notes) + 1)
+            return f"n/a[{k}]"
+        return ("✅ " if c.status == "pass" else "❌ ") + c.outcome
+
+    titles = dict(ROLLOVER_CASES)
+    for case in cases:
+        new = "B" if case == "root" else "C"
+        names = {"old": "{A}", "overlap": "{A," + new + "}", "new": "{" + new + "}"}
+        L.append(f"### {titles[case]}\n")
+        cols = [(leaf, bundle) for leaf in ROLLOVER_LEAVES for bundle in ROLLOVER_BUNDLES]
+        L.append("| stack | verifies as | " + " | ".join(f"{leaf} leaf, {bundle} bundle {names[bundle]}"
+                                                        for leaf, bundle in cols) + " |")
+        L.append("|---|---|" + "---|" * len(cols))
+        L.append("| *expected* | | " + " | ".join(
+            "*verified*" if c in ROLLOVER_TRUSTED else "*refused*" for c in cols) + " |")
+        for judge, stacks in (("client", client_stacks), ("server", server_stacks)):
+            for stack in stacks:
+                row = [STACK_TITLE[stack], judge]
+                for leaf, bundle in cols:
+                    c = next((x for x in cells if (x.case, x.judge, x.stack, x.leaf, x.bundle) ==
+                              (case, judge, stack, leaf, bundle)), None)
+                    row.append(mark(c) if c else "")
+                L.append("| " + " | ".join(row) + " |")
+        L.append("")
+    if notes:
+        L.append("Not supported:\n")
+        for text, k in notes.items():
+            L.append(f"- [{k}] {text}")
+        L.append("")
+    fails = [c for c in cells if c.status == "FAIL"]
+    if fails:
+        L.append("### Rollover failures\n")
+        for c in fails:
+            L.append(f"- {c.case}: {c.leaf} leaf, {c.bundle} bundle, {STACK_TITLE[c.stack]} as {c.judge}: "
+                     f"{c.outcome}, expected {c.expected}: {c.detail}")
+        L.append("")
+    refusals = [c for c in cells if c.expected == "refused" and c.status != "n/a"]
+    if refusals:
+        L.append("### Rollover refusals, in each stack's own words\n")
+        L.append("| case | stack | as | old leaf, new bundle | new leaf, old bundle |")
+        L.append("|---|---|---|---|---|")
+        for case in cases:
+            for judge, stacks in (("client", client_stacks), ("server", server_stacks)):
+                for stack in stacks:
+                    row = [case, STACK_TITLE[stack], judge]
+                    for leaf, bundle in (("old", "new"), ("new", "old")):
+                        c = next((x for x in refusals if (x.case, x.judge, x.stack, x.leaf, x.bundle) ==
+                                  (case, judge, stack, leaf, bundle)), None)
+                        row.append("" if c is None else one_line(c.verifier_error, 160).replace("|", "/"))
+                    L.append("| " + " | ".join(row) + " |")
+        L.append("")
+    return "\n".join(L) + "\n"
 
 
 def render(cells, negs, st, matrix_ids, server_stacks, client_stacks, versions, elapsed, by_role):

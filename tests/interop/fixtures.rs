@@ -3,8 +3,9 @@
 //! DIR/<identity>/tls.crt  tls.key  ca.crt  keystore.p12  truststore.p12  keystore-password  meta.json
 //! ```
 //! The controller-backed test writes the Secrets the real controller issued; what the controller cannot
-//! be asked for (an already expired certificate, one from a CA nobody trusts) and the cluster-less
-//! `write_identity_dir` helper are signed here with the library's own `issue()` and `pkcs12()`.
+//! be asked for (an already expired certificate, one from a CA nobody trusts), the CA rollover states
+//! and the cluster-less `write_identity_dir` helper are signed here with the library's own `issue()`
+//! and `pkcs12()`.
 
 use serde::Serialize;
 use std::{
@@ -16,7 +17,7 @@ use std::{
 use tlsid::{
     api::Usage,
     pki::{
-        Authority, IssuanceRequest, KeySpec, RenewPolicy, issue,
+        Authority, IssuanceRequest, IssuedCertificate, KeySpec, RenewPolicy, issue,
         keystore::{Pkcs12Profile, pkcs12},
     },
 };
@@ -33,6 +34,9 @@ pub enum Role {
     Untrusted,
     ServerOnly,
     ClientOnly,
+    /// One state of a CA rollover: a leaf of one CA generation with one trust bundle (`meta.json`
+    /// field `rollover` says which).
+    Rollover,
 }
 
 impl Role {
@@ -44,6 +48,7 @@ impl Role {
             Role::Untrusted => "untrusted",
             Role::ServerOnly => "server-only",
             Role::ClientOnly => "client-only",
+            Role::Rollover => "rollover",
         }
     }
 }
@@ -137,6 +142,20 @@ pub struct Meta {
     pub not_after: String,
     /// Who issued it, shown in the report.
     pub source: String,
+    /// For role `rollover`: which leaf and which bundle this directory holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollover: Option<RolloverMeta>,
+}
+
+/// `meta.json` field `rollover`: one cell of {old, new leaf} × {old, overlap, new bundle}.
+#[derive(Serialize)]
+pub struct RolloverMeta {
+    /// `root` (root A → root B) or `intermediate` (root A → root C's intermediate).
+    pub case: &'static str,
+    /// `old` (signed by A) or `new` (signed by B, or by C's intermediate).
+    pub leaf: &'static str,
+    /// `old` ({A}), `overlap` ({A, B} or {A, C}) or `new` ({B} or {C}).
+    pub bundle: &'static str,
 }
 
 impl Meta {
@@ -152,6 +171,7 @@ impl Meta {
             password_file: PASSWORD_FILE,
             not_after,
             source,
+            rollover: None,
         }
     }
 
@@ -210,6 +230,13 @@ pub fn write_issued(
     source: &str,
 ) -> PathBuf {
     let leaf = issue(&request(s, duration), ca, issued_at).expect("issue");
+    let meta = Meta::new(s, chain, leaf.not_after.to_string(), source.into());
+    write_leaf(out, &leaf, ca_pem, &meta)
+}
+
+/// Write `leaf` with `ca_pem` as its `ca.crt` (and the PKCS#12 files built from both by the library,
+/// as the controller builds them) into `out/<meta.name>`.
+fn write_leaf(out: &Path, leaf: &IssuedCertificate, ca_pem: &str, meta: &Meta) -> PathBuf {
     let stores = pkcs12(
         &leaf.chain_pem,
         &leaf.key_pem,
@@ -218,7 +245,7 @@ pub fn write_issued(
         Pkcs12Profile::Modern2023,
     )
     .expect("pkcs12");
-    let dir = out.join(&s.name);
+    let dir = out.join(&meta.name);
     std::fs::create_dir_all(&dir).unwrap();
     let w = |f: &str, b: &[u8]| std::fs::write(dir.join(f), b).unwrap();
     w("tls.crt", leaf.chain_pem.as_bytes());
@@ -227,7 +254,7 @@ pub fn write_issued(
     w("keystore.p12", &stores.keystore_p12);
     w("truststore.p12", &stores.truststore_p12);
     w(PASSWORD_FILE, PASSWORD.as_bytes());
-    Meta::new(s, chain, leaf.not_after.to_string(), source.into()).write(&dir);
+    meta.write(&dir);
     dir
 }
 
@@ -275,10 +302,11 @@ pub struct Sets {
     pub matrix: bool,
     pub intermediate: bool,
     pub negatives: bool,
+    pub rollover: bool,
 }
 
 impl Sets {
-    /// `TLSID_INTEROP_SETS=matrix,intermediate,negatives` (default: all).
+    /// `TLSID_INTEROP_SETS=matrix,intermediate,negatives,rollover` (default: all).
     pub fn from_env() -> Sets {
         match std::env::var("TLSID_INTEROP_SETS") {
             Ok(v) if !v.trim().is_empty() => {
@@ -287,12 +315,14 @@ impl Sets {
                     matrix: has("matrix"),
                     intermediate: has("intermediate"),
                     negatives: has("negatives"),
+                    rollover: has("rollover"),
                 }
             }
             _ => Sets {
                 matrix: true,
                 intermediate: true,
                 negatives: true,
+                rollover: true,
             },
         }
     }
@@ -353,6 +383,73 @@ pub fn generate(out: &Path, ca: &Authority, sets: Sets, keys: &[KeySpec]) -> Vec
         }
         written.push(write_expired(out, "neg-expired", ca, SOURCE));
         written.push(write_untrusted(out, "neg-untrusted", ca, SOURCE));
+    }
+    if sets.rollover {
+        written.extend(write_rollover(out, now));
+    }
+    written
+}
+
+// === CA rollover ===
+
+/// The identity directories of the CA rollover section, built with the library alone: roots A (old)
+/// and B (new) from `Authority::generate_root`, and a user root C whose intermediate signs (built as
+/// the `intermediate-ecdsa-p256` fixture is). For each case (`root`: A → B, `intermediate`: A → C's
+/// intermediate), every {old, new leaf} × {old, overlap, new bundle} is one directory
+/// `rollover-<case>-<leaf>-<bundle>`: that leaf (ECDSA P-256, localhost + 127.0.0.1, server + client)
+/// with that bundle as `ca.crt` and in `truststore.p12`. The same old leaf (signed by A) is in both
+/// cases, as one workload's leaf would be whichever CA comes next.
+pub fn write_rollover(out: &Path, now: jiff::Timestamp) -> Vec<PathBuf> {
+    const SOURCE: &str = "tlsid::pki (Authority::generate_root, issue, keystore::pkcs12)";
+    let a = Authority::generate_root(now).expect("root A");
+    let b = Authority::generate_root(now).expect("root B");
+    let c = intermediate_authority(now);
+    // Two roots with one subject would make peers report a bad signature instead of an unknown
+    // issuer: the rollover relies on generate_root giving each key its own subject.
+    let subject = |der: &[u8]| {
+        x509_parser::parse_x509_certificate(der)
+            .expect("root")
+            .1
+            .subject()
+            .to_string()
+    };
+    let (sa, sb, sc) = (
+        subject(&a.roots()[0]),
+        subject(&b.roots()[0]),
+        subject(&c.roots()[0]),
+    );
+    assert!(
+        sa != sb && sa != sc,
+        "roots share a subject: {sa} / {sb} / {sc}"
+    );
+
+    let s = spec("rollover", KeySpec::EcdsaP256, Role::Rollover);
+    let day = Duration::from_secs(24 * 3600);
+    let old_leaf = issue(&request(&s, day), &a, now).expect("old leaf");
+    let mut written = Vec::new();
+    for (case, chain, new_ca) in [("root", "root", &b), ("intermediate", "intermediate", &c)] {
+        let new_leaf = issue(&request(&s, day), new_ca, now).expect("new leaf");
+        let (old_pem, new_pem) = (a.bundle_pem(), new_ca.bundle_pem());
+        let overlap = format!("{old_pem}{new_pem}");
+        for (leaf_name, leaf) in [("old", &old_leaf), ("new", &new_leaf)] {
+            for (bundle_name, bundle) in
+                [("old", &old_pem), ("overlap", &overlap), ("new", &new_pem)]
+            {
+                let name = format!("rollover-{case}-{leaf_name}-{bundle_name}");
+                let mut meta = Meta::new(
+                    &spec(&name, KeySpec::EcdsaP256, Role::Rollover),
+                    if leaf_name == "new" { chain } else { "root" },
+                    leaf.not_after.to_string(),
+                    SOURCE.into(),
+                );
+                meta.rollover = Some(RolloverMeta {
+                    case,
+                    leaf: leaf_name,
+                    bundle: bundle_name,
+                });
+                written.push(write_leaf(out, leaf, bundle, &meta));
+            }
+        }
     }
     written
 }

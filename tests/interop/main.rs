@@ -7,6 +7,11 @@
 //!   Java JSSE (from the PKCS#12 files), curl and `openssl s_client` against each other. Needs
 //!   python3, go, javac/java, curl and openssl (`hack/install-deps.sh`); writes
 //!   `target/interop/matrix.md`, and with `TLSID_INTEROP_UPDATE_DOC=1` also docs/interop.md.
+//! - `interop_rollover_with_library_issued_identities`: the CA rollover states, no cluster needed:
+//!   leaves of the old root A and of the new CA (root B, or root C's intermediate), each with the old,
+//!   the overlap and the new trust bundle, judged by every stack as client and as server (TLS 1.3).
+//!   Writes `target/interop/rollover.md`; with `TLSID_INTEROP_UPDATE_DOC=1` also its part of
+//!   docs/interop.md.
 //! - `keystores_open_in_openssl_and_keytool`: the PKCS#12 files, every key type and profile, read by
 //!   `openssl pkcs12` and Java 17's `keytool`.
 //! - `write_identity_dir`: with `TLSID_INTEROP_OUT=DIR`, writes an identity directory for
@@ -67,6 +72,66 @@ fn write_identity_dir() {
     for d in dirs {
         eprintln!("wrote {}", d.display());
     }
+}
+
+/// Run `driver.py` over the identity directories `dirs`, its progress to `target/interop/<log>`, the
+/// markdown to `target/interop/<report>`; returns the report and whether the driver passed.
+fn run_driver(dirs: &[&Path], report: &str, log: &str, extra: &[&str]) -> (String, bool) {
+    let repo = support::repo();
+    let out = repo.join("target/interop").join(report);
+    let log = repo.join("target/interop").join(log);
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&out); // never report an earlier run's tables as this one's
+    let mut driver = Command::new("python3");
+    driver.arg(repo.join("tests/interop/driver.py"));
+    for d in dirs {
+        driver.arg("--identities").arg(d);
+    }
+    driver
+        .args(["--rustls", "demo", "--require-all-stacks"])
+        .args(extra)
+        .arg("--out")
+        .arg(&out)
+        .env("TLSID_BIN", env!("CARGO_BIN_EXE_tlsid"))
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::inherit());
+    if std::env::var_os("TLSID_INTEROP_UPDATE_DOC").is_some_and(|v| v == "1") {
+        driver.arg("--update-doc").arg(repo.join("docs/interop.md"));
+    }
+    let status = driver
+        .status()
+        .expect("run python3 tests/interop/driver.py");
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    let ok = status.success();
+    if !ok {
+        eprintln!(
+            "driver failed ({status}); see {} and {}",
+            out.display(),
+            log.display()
+        );
+    }
+    (text, ok)
+}
+
+/// The CA rollover states (docs/interop.md, "CA rollover"), signed by the library: needs no cluster.
+#[test]
+fn interop_rollover_with_library_issued_identities() {
+    let started = std::time::Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let written = fixtures::write_rollover(tmp.path(), jiff::Timestamp::now());
+    assert_eq!(written.len(), 12, "2 cases × 2 leaves × 3 bundles");
+    let (report, ok) = run_driver(
+        &[tmp.path()],
+        "rollover.md",
+        "rollover-driver.log",
+        &["--versions", "1.3"],
+    );
+    println!("{report}");
+    println!("rollover section in {:.0?}", started.elapsed());
+    assert!(
+        ok,
+        "rollover interop failed; see target/interop/rollover.md"
+    );
 }
 
 #[test]
@@ -498,39 +563,20 @@ async fn interop_matrix_with_controller_issued_identities() {
     );
     let issued_in = started.elapsed();
 
-    let matrix = repo.join("target/interop/matrix.md");
-    let log = repo.join("target/interop/driver.log");
-    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
-    let _ = std::fs::remove_file(&matrix); // never report an earlier run's matrix as this one's
-    let mut driver = Command::new("python3");
-    driver
-        .arg(repo.join("tests/interop/driver.py"))
-        .arg("--identities")
-        .arg(&out)
-        .args(["--rustls", "demo", "--require-all-stacks", "--out"])
-        .arg(&matrix)
-        .env("TLSID_BIN", env!("CARGO_BIN_EXE_tlsid"))
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::process::Stdio::inherit());
-    if std::env::var_os("TLSID_INTEROP_UPDATE_DOC").is_some_and(|v| v == "1") {
-        driver.arg("--update-doc").arg(repo.join("docs/interop.md"));
-    }
-    let status = tokio::task::spawn_blocking(move || driver.status())
-        .await
-        .unwrap()
-        .expect("run python3 tests/interop/driver.py");
-    let report = std::fs::read_to_string(&matrix).unwrap_or_default();
+    let (report, ok) = tokio::task::spawn_blocking(move || {
+        run_driver(&[out.as_path()], "matrix.md", "driver.log", &[])
+    })
+    .await
+    .unwrap();
     println!("{report}");
     println!(
         "identities issued in {:.0?}, whole test {:.0?}; driver log: {}",
         issued_in,
         started.elapsed(),
-        log.display()
+        repo.join("target/interop/driver.log").display()
     );
     assert!(
-        status.success(),
-        "interop matrix failed ({status}); see {} and {}",
-        matrix.display(),
-        log.display()
+        ok,
+        "interop matrix failed; see target/interop/matrix.md and target/interop/driver.log"
     );
 }
