@@ -6,6 +6,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod demo;
 pub mod pki;

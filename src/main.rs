@@ -29,7 +29,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the TlsIdentity controller.
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Print the TlsIdentity CustomResourceDefinition as YAML, or write every CRD of tlsid
     /// (TlsIdentity, TlsIdentityPolicy) into a directory.
     Crd {
@@ -40,6 +40,22 @@ enum Command {
     /// The mTLS demo workloads: a server and a client that reload rotated certificates.
     #[command(subcommand)]
     Demo(DemoCommand),
+    /// The install's CA: its rollover state, and starting a rollover.
+    Ca {
+        #[command(flatten)]
+        target: tlsid::cli::Target,
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// The rollover phase, the signer, the roots in the trust bundle, and how many certificates
+    /// still chain to the previous CA.
+    Status,
+    /// Start a staged rollover to a new generated root, or to your own next CA (--from-secret).
+    Rotate(tlsid::cli::RotateArgs),
 }
 
 #[derive(Subcommand)]
@@ -134,6 +150,57 @@ struct ControllerArgs {
     /// Services). Off: such identities get a `Demo=False` condition and nothing is deployed.
     #[arg(long, env = "TLSID_DEMO_WORKLOADS", default_value_t = true, action = clap::ArgAction::Set)]
     demo_workloads: bool,
+    /// Lifetime of a root CA tlsid generates, as a Go duration (at least 10m).
+    #[arg(long, env = "TLSID_CA_LIFETIME", default_value = "87600h", value_parser = parse_ca_lifetime)]
+    ca_lifetime: cli_duration::Go,
+    /// Fraction of a generated root's lifetime after which tlsid rolls it over to a new root
+    /// (between 0.1 and 0.95). A CA you supplied is never replaced: past this point tlsid warns.
+    #[arg(long, env = "TLSID_CA_ROTATE_AT", default_value_t = tlsid::plan::rollover::DEFAULT_ROTATE_AT, value_parser = parse_fraction)]
+    ca_rotate_at: f64,
+    /// How long a CA rollover waits, once every identity Secret holds a new trust bundle (or has
+    /// no certificate of the previous CA left), for every consumer to have loaded it: the
+    /// kubelet's update of mounted Secrets plus the app's reload. Go duration, at most 24h.
+    #[arg(long, env = "TLSID_TRUST_PROPAGATION_DELAY", default_value = "5m", value_parser = parse_delay)]
+    trust_propagation_delay: cli_duration::Go,
+    /// Before a CA rollover switches signers, wait until every running demo pod reports (on its
+    /// metrics endpoint) that it trusts the next root. Needs `list` on Pods.
+    #[arg(long, env = "TLSID_OBSERVE_DEMO_TRUST", default_value_t = true, action = clap::ArgAction::Set)]
+    observe_demo_trust: bool,
+}
+
+/// A Go duration given on the command line, parsed.
+mod cli_duration {
+    #[derive(Clone, Copy, Debug)]
+    pub struct Go(pub std::time::Duration);
+}
+
+fn parse_go(s: &str) -> Result<std::time::Duration, String> {
+    tlsid::api::GoDuration(s.to_string())
+        .parse()
+        .map_err(|e| e.to_string())
+}
+
+fn parse_ca_lifetime(s: &str) -> Result<cli_duration::Go, String> {
+    let d = parse_go(s)?;
+    if d < std::time::Duration::from_secs(600) {
+        return Err("a CA lifetime is at least 10m".into());
+    }
+    Ok(cli_duration::Go(d))
+}
+
+fn parse_delay(s: &str) -> Result<cli_duration::Go, String> {
+    let d = parse_go(s)?;
+    if d > std::time::Duration::from_secs(24 * 3600) {
+        return Err("the propagation delay is at most 24h".into());
+    }
+    Ok(cli_duration::Go(d))
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.1..=0.95).contains(&f) => Ok(f),
+        _ => Err("a fraction between 0.1 and 0.95".into()),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -199,10 +266,36 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Ca { target, command } => {
+            install_crypto_provider();
+            match command {
+                CaCommand::Status => {
+                    let status = tlsid::cli::ca_status(&target).await?;
+                    match target.output {
+                        tlsid::cli::Output::Json => {
+                            println!("{}", serde_json::to_string_pretty(&status)?)
+                        }
+                        tlsid::cli::Output::Text => {
+                            print!("{}", tlsid::cli::render_status(&status))
+                        }
+                    }
+                }
+                CaCommand::Rotate(args) => {
+                    let said = tlsid::cli::ca_rotate(&target, &args).await?;
+                    match target.output {
+                        tlsid::cli::Output::Json => {
+                            println!("{}", serde_json::json!({ "message": said }))
+                        }
+                        tlsid::cli::Output::Text => println!("{said}"),
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Controller(args) => {
             install_crypto_provider();
             init_logging(cli.log_format);
-            run_controller(args).await
+            run_controller(*args).await
         }
         Command::Demo(demo) => {
             install_crypto_provider();
@@ -262,6 +355,12 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                 ip_addresses: args.webhook_ip_addresses.clone(),
             }),
         demo_workloads: args.demo_workloads,
+        rollover: controller::rollover::RolloverConfig {
+            ca_lifetime: args.ca_lifetime.0,
+            propagation_delay: args.trust_propagation_delay.0,
+            rotate_at: args.ca_rotate_at,
+            observe_demo_trust: args.observe_demo_trust,
+        },
     };
     if !config.names.restrict_to_namespace {
         tracing::warn!(

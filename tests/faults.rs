@@ -394,9 +394,10 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-/// A CA replaced on purpose re-issues every leaf, at the install's issuance budget: never all at
-/// once. With a budget of 2 per second (burst 1), 8 leaves take at least 3.5 s; the waits show
-/// in the metrics.
+/// A CA replaced on purpose (its Secret edited by hand) is a staged rollover, never an instant
+/// swap: the old CA keeps signing while the new root is published, then every leaf is re-issued
+/// at the install's issuance budget, never all at once. With a budget of 2 per second (burst 1),
+/// 8 leaves take at least 3.5 s; the waits show in the metrics.
 #[tokio::test]
 async fn a_replaced_ca_reissues_every_leaf_at_the_issuance_budget() {
     const LEAVES: usize = 8;
@@ -415,6 +416,8 @@ async fn a_replaced_ca_reissues_every_leaf_at_the_issuance_budget() {
             "2",
             "--issuance-burst",
             "1",
+            "--trust-propagation-delay",
+            "1s",
         ],
     )
     .await;
@@ -438,6 +441,25 @@ async fn a_replaced_ca_reissues_every_leaf_at_the_issuance_budget() {
         )
         .await
         .unwrap();
+    // Staged: the edit is undone at once (the old CA still signs) and the new CA waits as the
+    // next one, its root published in every identity's bundle before it signs anything.
+    let staged = wait_secret(
+        &secrets,
+        "tlsid-ca",
+        "the edit staged as the next CA",
+        |s| {
+            s.and_then(|s| s.metadata.annotations.as_ref())
+                .is_some_and(|a| {
+                    a.get("tlsid.dev/rollover-trigger").map(String::as_str) == Some("SecretEdited")
+                })
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        support::data(&staged, "next.crt").starts_with(b"-----BEGIN CERTIFICATE"),
+        "the edited CA is the next CA"
+    );
     for i in 0..LEAVES {
         wait_identity(&ids, &format!("b{i}"), "re-issued by the new CA", |o| {
             ready(o) && fingerprint(o) == new_ca.fingerprint()
@@ -464,11 +486,11 @@ async fn a_replaced_ca_reissues_every_leaf_at_the_issuance_budget() {
 }
 
 /// Deleting the CA Secret and creating a new one at once is a replacement, not an accident: the
-/// controller does not race the user's create with a restore of the old CA (which would leave the
-/// old, perhaps compromised, root trusted); it adopts the new CA and re-issues under it.
+/// controller does not race the user's create with a restore of the old CA; it rolls over to the
+/// new CA (staged: published, then signing) and re-issues under it.
 #[tokio::test]
 async fn a_ca_secret_deleted_and_created_again_is_a_replacement_not_restored() {
-    let env = setup("ca-replaced").await;
+    let env = setup_with("ca-replaced", &["--trust-propagation-delay", "1s"]).await;
     let client = env.ids.clone().into_client();
     create(&env, &identity("r", json!({"dnsNames": ["r.ns.svc"]}))).await;
     env.controller.wait_leader(true).await;
@@ -495,13 +517,20 @@ async fn a_ca_secret_deleted_and_created_again_is_a_replacement_not_restored() {
     assert_eq!(revision(Some(&reissued)), 2);
     let ca = env.secrets.get("tlsid-ca").await.unwrap();
     assert_eq!(
-        data(&ca, "ca.crt"),
-        new_ca.bundle_pem().as_bytes(),
-        "only the new root"
+        tlsid::pki::fingerprint(
+            tlsid::pki::parse_pem_certs(data(&ca, "tls.crt")).unwrap()[0].as_slice()
+        ),
+        new_ca.fingerprint(),
+        "the new CA signs"
+    );
+    let bundle = String::from_utf8(data(&ca, "ca.crt").to_vec()).unwrap();
+    assert!(
+        bundle.contains(new_ca.bundle_pem().trim()),
+        "the new root is trusted"
     );
     assert_eq!(events(&client, &env.ns, "CaSecretRestored").await, 0);
     row(
         "the CA Secret deleted and created again with a new CA (a replacement)",
-        "not restored over; the new CA adopted; every leaf re-issued under it",
+        "not restored over; a staged rollover to the new CA; every leaf re-issued under it",
     );
 }

@@ -72,6 +72,9 @@ pub const MAX_DEMO_TRUST_LAG: std::time::Duration = std::time::Duration::from_se
 /// Secret annotations describing what is in the Secret (never key material).
 pub const SERIAL_ANNOTATION: &str = "tlsid.dev/serial";
 pub const REVISION_ANNOTATION: &str = "tlsid.dev/revision";
+/// Digest of the trust bundle (`ca.crt`) an identity Secret holds: a CA rollover waits until every
+/// Secret holds the bundle with the next root, reading this from Secret metadata alone.
+pub const TRUST_BUNDLE_ANNOTATION: &str = "tlsid.dev/trust-bundle";
 
 pub const DEFAULT_DURATION_SECS: u64 = 24 * 3600;
 pub const MIN_DURATION_SECS: u64 = 60;

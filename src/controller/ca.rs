@@ -7,6 +7,7 @@ use super::Context;
 use crate::{
     api::{MANAGED_BY_LABEL, MANAGED_BY_VALUE},
     pki::{Authority, CaError},
+    plan::{ca_state::CaState, rollover::Request},
 };
 use futures::{SinkExt, StreamExt, channel::mpsc::Sender};
 use k8s_openapi::{
@@ -40,8 +41,71 @@ pub fn authority_from_secret(secret: &Secret, now: jiff::Timestamp) -> Result<Au
     Authority::from_pem(crt, key, data.ca_crt, now)
 }
 
-/// The CA Secret holding `ca`.
-fn ca_secret(name: &str, ca: &Authority) -> Secret {
+/// The CA Secret as tlsid last accepted it.
+#[derive(Clone, Debug)]
+pub struct SeenCa {
+    /// The state tlsid holds: its `current` signs. After a hand edit this is still the state
+    /// before the edit (the edit waits in `edited` to be staged as the next CA).
+    pub state: CaState,
+    /// An unanswered `tlsid.dev/rotate` request.
+    pub request: Option<Request>,
+    /// A new signer someone wrote into the Secret by hand: a rollover to it starts (never an
+    /// instant swap).
+    pub edited: Option<Arc<Authority>>,
+    /// resourceVersion of the Secret as last seen (the precondition of the next write).
+    pub resource_version: Option<String>,
+    /// Its annotations as last seen (a user's own are kept on every write).
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Parse a CA Secret into what tlsid holds, given what it held before (`held`), to tell a hand
+/// edit of the signer from tlsid's own writes.
+pub fn seen_from_secret(
+    secret: &Secret,
+    held: Option<&SeenCa>,
+    now: jiff::Timestamp,
+) -> Result<SeenCa, CaError> {
+    let data: BTreeMap<&str, &[u8]> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.0.as_slice()))
+        .collect();
+    let annotations = secret.metadata.annotations.clone().unwrap_or_default();
+    let (state, provenance) = CaState::parse(&data, &annotations, now)?;
+    let resource_version = secret.metadata.resource_version.clone();
+    if let Some(held) = held {
+        let signer = state.current.fingerprint();
+        if signer != held.state.current.fingerprint()
+            && provenance.recorded_signer.as_deref() != Some(signer)
+        {
+            return Ok(SeenCa {
+                state: held.state.clone(),
+                request: None,
+                edited: Some(state.current),
+                resource_version,
+                annotations,
+            });
+        }
+    }
+    Ok(SeenCa {
+        state,
+        request: provenance.request,
+        edited: None,
+        resource_version,
+        annotations,
+    })
+}
+
+/// The CA Secret holding `state`; the annotations of `base` that tlsid does not own are kept.
+pub fn ca_secret(name: &str, state: &CaState, base: &BTreeMap<String, String>) -> Secret {
+    let mut annotations = base.clone();
+    for (k, v) in state.annotations() {
+        match v {
+            Some(v) => annotations.insert(k.to_string(), v),
+            None => annotations.remove(k),
+        };
+    }
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -49,11 +113,13 @@ fn ca_secret(name: &str, ca: &Authority) -> Secret {
                 (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
                 ("tlsid.dev/ca".to_string(), "true".to_string()),
             ])),
+            annotations: Some(annotations),
             ..Default::default()
         },
         type_: Some("kubernetes.io/tls".into()),
         data: Some(
-            ca.to_secret_data()
+            state
+                .data()
                 .into_iter()
                 .map(|(k, v)| (k, ByteString(v)))
                 .collect(),
@@ -62,7 +128,14 @@ fn ca_secret(name: &str, ca: &Authority) -> Secret {
     }
 }
 
-fn create_params() -> PostParams {
+pub(super) fn patch_params() -> kube::api::PatchParams {
+    kube::api::PatchParams {
+        field_manager: Some(crate::api::FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+pub(super) fn create_params() -> PostParams {
     PostParams {
         field_manager: Some(crate::api::FIELD_MANAGER.into()),
         ..Default::default()
@@ -75,24 +148,31 @@ pub async fn load_or_create(
     api: &Api<Secret>,
     name: &str,
     may_create: bool,
-) -> Result<Option<Authority>, LoadError> {
+    lifetime: Duration,
+) -> Result<Option<SeenCa>, LoadError> {
     let api_err = |e| LoadError::Api(name.to_string(), e);
     // Two rounds: a lost create race is followed by one read of the winner's Secret.
     for _ in 0..2 {
         if let Some(secret) = api.get_opt(name).await.map_err(api_err)? {
-            return authority_from_secret(&secret, jiff::Timestamp::now())
+            return seen_from_secret(&secret, None, jiff::Timestamp::now())
                 .map(Some)
                 .map_err(|e| LoadError::Invalid(name.to_string(), e));
         }
         if !may_create {
             return Ok(None);
         }
-        let ca = Authority::generate_root(jiff::Timestamp::now())
+        let ca = Authority::generate_root_for(jiff::Timestamp::now(), lifetime)
             .map_err(|e| LoadError::Invalid(name.to_string(), e))?;
-        match api.create(&create_params(), &ca_secret(name, &ca)).await {
-            Ok(_) => {
-                info!(secret = name, fingerprint = ca.fingerprint(), not_after = %ca.not_after(), "created a new self-signed cluster CA");
-                return Ok(Some(ca));
+        let state = CaState::stable(ca, true);
+        match api
+            .create(&create_params(), &ca_secret(name, &state, &BTreeMap::new()))
+            .await
+        {
+            Ok(created) => {
+                info!(secret = name, fingerprint = state.current.fingerprint(), not_after = %state.current.not_after(), "created a new self-signed cluster CA");
+                return seen_from_secret(&created, None, jiff::Timestamp::now())
+                    .map(Some)
+                    .map_err(|e| LoadError::Invalid(name.to_string(), e));
             }
             Err(kube::Error::Api(s)) if s.is_already_exists() => {
                 info!(
@@ -131,7 +211,14 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
     loop {
         // Only the leader mints a new root: a standby starting while the CA Secret is missing
         // (deleted, or a first install) waits for the leader to restore or create it.
-        match load_or_create(&api, &name, ctx.leadership.is_leader()).await {
+        match load_or_create(
+            &api,
+            &name,
+            ctx.leadership.is_leader(),
+            ctx.config.rollover.ca_lifetime,
+        )
+        .await
+        {
             Ok(None) => {
                 if !said_waiting {
                     info!(
@@ -142,14 +229,15 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Ok(Some(ca)) => {
+            Ok(Some(seen)) => {
                 info!(
                     secret = name,
                     namespace = ctx.config.namespace,
-                    fingerprint = ca.fingerprint(),
+                    fingerprint = seen.state.current.fingerprint(),
+                    phase = seen.state.record.phase.as_str(),
                     "cluster CA loaded"
                 );
-                ctx.set_ca(Arc::new(ca));
+                ctx.set_ca_seen(seen);
                 let _ = changed.send(()).await;
                 break;
             }
@@ -208,25 +296,32 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
                 gone_since = None;
                 listed = true;
                 let current = ctx.ca();
-                match authority_from_secret(&secret, jiff::Timestamp::now()) {
-                    Ok(ca) => {
+                let held = ctx.ca_seen();
+                match seen_from_secret(&secret, held.as_deref(), jiff::Timestamp::now()) {
+                    Ok(seen) => {
                         reported_invalid = None;
                         if ctx.set_ca_secret_problem(None) {
                             // The identities' CaSecretValid condition goes.
                             let _ = changed.send(()).await;
                         }
-                        let same = current.as_ref().is_some_and(|c| {
-                            c.fingerprint() == ca.fingerprint() && c.bundle_pem() == ca.bundle_pem()
-                        });
-                        if !same {
+                        if seen.edited.is_some() {
                             info!(
-                                fingerprint = ca.fingerprint(),
-                                roots = ca.roots().len(),
+                                secret = name,
+                                "the CA Secret's signer was replaced by hand; the previous CA keeps signing while a rollover to the new one is staged"
+                            );
+                        }
+                        if ctx.set_ca_seen(seen) {
+                            info!(
+                                fingerprint = ctx
+                                    .ca()
+                                    .map(|c| c.fingerprint().to_string())
+                                    .unwrap_or_default(),
+                                roots = ctx.ca().map_or(0, |c| c.roots().len()),
                                 "cluster CA changed; reconciling every identity"
                             );
-                            ctx.set_ca(Arc::new(ca));
                             let _ = changed.send(()).await;
                         }
+                        ctx.rollover_wake.notify_one();
                     }
                     Err(e) => {
                         if ctx.set_ca_secret_problem(Some(e.to_string())) {
@@ -263,11 +358,21 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
     }
 }
 
-/// Recreate the CA Secret from the CA held in memory. True if it exists again.
+/// Recreate the CA Secret from the state held in memory (a rollover in progress included). True
+/// if it exists again.
 async fn restore(ctx: &Context, api: &Api<Secret>, name: &str) -> bool {
-    let Some(ca) = ctx.ca() else { return false };
+    let Some(seen) = ctx.ca_seen() else {
+        return false;
+    };
+    let ca = seen.state.current.clone();
     ctx.metrics.wrote("ca_secret");
-    match api.create(&create_params(), &ca_secret(name, &ca)).await {
+    match api
+        .create(
+            &create_params(),
+            &ca_secret(name, &seen.state, &seen.annotations),
+        )
+        .await
+    {
         Ok(created) => {
             warn!(
                 secret = name,
@@ -294,7 +399,7 @@ async fn restore(ctx: &Context, api: &Api<Secret>, name: &str) -> bool {
     }
 }
 
-fn secret_ref(secret: &Secret) -> ObjectReference {
+pub(super) fn secret_ref(secret: &Secret) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Secret".into()),

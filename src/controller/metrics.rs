@@ -35,6 +35,19 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: String,
+}
+
+/// A CA certificate of the CA Secret: the signer, the next CA, the previous signer, or a root of
+/// the trust bundle.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CaCertLabels {
+    pub role: String,
+    pub fingerprint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub category: String,
 }
@@ -68,6 +81,16 @@ pub struct Metrics {
     pub name_policy_enforced: Gauge<i64, AtomicI64>,
     /// Admission reviews answered by the webhook, by decision.
     pub admission_reviews: Family<ReasonLabels, Counter>,
+    /// 1 for the CA rollover's current phase, 0 for the others.
+    pub rollover_phase: Family<PhaseLabels, Gauge<i64, AtomicI64>>,
+    /// notAfter of every CA certificate in the CA Secret, by role and fingerprint.
+    pub ca_certificates: Family<CaCertLabels, Gauge<i64, AtomicI64>>,
+    /// Identities whose leaf the previous CA signed (during a rollover).
+    pub leaves_on_previous: Gauge<i64, AtomicI64>,
+    /// Rollovers started, by trigger (Requested, Automatic, SecretEdited).
+    pub rollovers: Family<ReasonLabels, Counter>,
+    /// 1 while a CA the user supplied is past its rotation point and no rollover is running.
+    pub ca_expiring: Gauge<i64, AtomicI64>,
     /// The identities that have per-identity series, so they can be removed with the identity.
     known: Mutex<BTreeSet<(String, String)>>,
 }
@@ -96,6 +119,11 @@ impl Default for Metrics {
             ca_secret_valid: Gauge::default(),
             name_policy_enforced: Gauge::default(),
             admission_reviews: Family::default(),
+            rollover_phase: Family::default(),
+            ca_certificates: Family::default(),
+            leaves_on_previous: Gauge::default(),
+            rollovers: Family::default(),
+            ca_expiring: Gauge::default(),
             known: Mutex::default(),
             registry: Registry::default(),
         };
@@ -189,11 +217,77 @@ impl Default for Metrics {
             "TlsIdentity admission reviews answered by the webhook, by reason (Allowed, NotPermitted, Invalid, NotReady)",
             m.admission_reviews.clone(),
         );
+        registry.register(
+            "ca_rollover_phase",
+            "The CA rollover's phase: 1 for the current one (Stable, Publish, WaitForTrust, Switch, Drain)",
+            m.rollover_phase.clone(),
+        );
+        registry.register(
+            "ca_certificate_expiration_timestamp_seconds",
+            "Expiry (notAfter) of each CA certificate in the CA Secret, by role (signer, next, previous, root) and SHA-256 fingerprint, Unix seconds",
+            m.ca_certificates.clone(),
+        );
+        registry.register(
+            "ca_leaves_on_previous",
+            "Identities whose current certificate the previous CA signed (re-issued during a rollover's Switch phase)",
+            m.leaves_on_previous.clone(),
+        );
+        registry.register(
+            "ca_rollovers",
+            "CA rollovers started, by trigger (Requested, Automatic, SecretEdited)",
+            m.rollovers.clone(),
+        );
+        registry.register(
+            "ca_expiring",
+            "1 while a CA the user supplied is past its rotation point with no rollover to a next CA under way",
+            m.ca_expiring.clone(),
+        );
         Self { registry, ..m }
     }
 }
 
 impl Metrics {
+    /// The CA Secret's certificates and phase, as last accepted.
+    pub fn ca_state(&self, state: &crate::plan::ca_state::CaState) {
+        use crate::plan::rollover::Phase;
+        for p in Phase::ALL {
+            self.rollover_phase
+                .get_or_create(&PhaseLabels {
+                    phase: p.as_str().into(),
+                })
+                .set(i64::from(p == state.record.phase));
+        }
+        self.ca_certificates.clear();
+        let set = |role: &str, fingerprint: String, not_after: i64| {
+            self.ca_certificates
+                .get_or_create(&CaCertLabels {
+                    role: role.into(),
+                    fingerprint,
+                })
+                .set(not_after);
+        };
+        set(
+            "signer",
+            state.current.fingerprint().to_string(),
+            state.current.not_after().as_second(),
+        );
+        if let Some(next) = &state.next {
+            set(
+                "next",
+                next.fingerprint().to_string(),
+                next.not_after().as_second(),
+            );
+        }
+        for root in state.current.roots() {
+            let end = crate::pki::not_after_of(root).map_or(0, |t| t.as_second());
+            set("root", crate::pki::fingerprint(root), end);
+        }
+        if let Some(p) = &state.previous {
+            let end = crate::pki::not_after_of(&p.signer).map_or(0, |t| t.as_second());
+            set("previous", p.fingerprint.clone(), end);
+        }
+    }
+
     pub fn skip(&self, reason: &str) {
         self.skipped
             .get_or_create(&ReasonLabels {

@@ -12,6 +12,7 @@ mod identity;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod rollover;
 pub mod server;
 pub mod webhook;
 
@@ -74,6 +75,8 @@ pub struct Config {
     pub webhook: Option<webhook::WebhookConfig>,
     /// Run demo workloads (`spec.demo`); off, the install needs no RBAC for Deployments/Services.
     pub demo_workloads: bool,
+    /// The CA rollover's settings.
+    pub rollover: rollover::RolloverConfig,
 }
 
 /// Shared state, built once in `run`.
@@ -98,6 +101,12 @@ pub struct Context {
     started: std::time::Instant,
     /// The name policy in force: settings, grants, namespace labels.
     pub names: Arc<names::Names>,
+    /// The CA Secret as last accepted (the rollover's state).
+    ca_seen: RwLock<Option<Arc<ca::SeenCa>>>,
+    /// Wakes the rollover driver when the CA Secret changed.
+    pub rollover_wake: tokio::sync::Notify,
+    /// The caches the rollover counts from (set once the controller's watches exist).
+    pub stores: std::sync::OnceLock<rollover::Stores>,
 }
 
 impl Context {
@@ -134,6 +143,9 @@ impl Context {
             leadership,
             budget: Mutex::new(budget),
             started: std::time::Instant::now(),
+            ca_seen: RwLock::new(None),
+            rollover_wake: tokio::sync::Notify::new(),
+            stores: std::sync::OnceLock::new(),
         }
     }
 
@@ -204,9 +216,26 @@ impl Context {
         changed
     }
 
-    pub fn set_ca(&self, ca: Arc<Authority>) {
+    pub fn ca_seen(&self) -> Option<Arc<ca::SeenCa>> {
+        self.ca_seen
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Accept the CA Secret's state; true if the CA that identities use (signer or bundle)
+    /// changed, so every identity must be reconciled.
+    pub fn set_ca_seen(&self, seen: ca::SeenCa) -> bool {
+        let ca = seen.state.current.clone();
         self.metrics.ca_expiration.set(ca.not_after().as_second());
-        *self.ca.write().unwrap_or_else(|e| e.into_inner()) = Some(ca);
+        self.metrics.ca_state(&seen.state);
+        *self.ca_seen.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(seen));
+        let mut current = self.ca.write().unwrap_or_else(|e| e.into_inner());
+        let same = current.as_ref().is_some_and(|c| {
+            c.fingerprint() == ca.fingerprint() && c.bundle_pem() == ca.bundle_pem()
+        });
+        *current = Some(ca);
+        !same
     }
 
     async fn publish(&self, obj: &TlsIdentity, type_: EventType, reason: &str, note: String) {
@@ -352,6 +381,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     // leader (a standby reconciles nothing; the new leader picks everything up from its cache).
     let (reconcile_all_tx, reconcile_all_rx) = futures::channel::mpsc::channel::<()>(1);
     let ca_task = tokio::spawn(ca::watch(ctx.clone(), reconcile_all_tx.clone()));
+    let rollover_task = tokio::spawn(rollover::run(ctx.clone(), reconcile_all_tx.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let leader_task = tokio::spawn(leader::run(ctx.clone(), reconcile_all_tx.clone(), stop_rx));
     let policy_task = ctx.config.names.restrict_to_namespace.then(|| {
@@ -398,6 +428,13 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         .applied_objects();
 
     let secret_ar = ar.clone();
+    // Secret metadata is also kept in a cache (without managedFields): the CA rollover counts
+    // which identity Secrets hold the current trust bundle from it.
+    let secret_writer = reflector::store::Writer::<PartialObjectMeta<Secret>>::default();
+    let _ = ctx.stores.set(rollover::Stores {
+        identities: store.clone(),
+        secrets: secret_writer.as_reader(),
+    });
     // A namespace's labels decide which policies grant its identities names: a label change
     // re-checks the identities inside it. Watched by a task of its own, not as a trigger of the
     // controller: an error of a trigger stream pauses every trigger, and this watch's errors
@@ -420,6 +457,8 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         .watches_stream_with(
             watcher(secrets, managed.clone())
                 .backoff(WatchBackoff::new())
+                .modify(|s| s.metadata.managed_fields = None)
+                .reflect(secret_writer)
                 .touched_objects(),
             move |s: PartialObjectMeta<Secret>| {
                 let name = s.labels().get(IDENTITY_LABEL).cloned();
@@ -499,6 +538,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         })
         .await;
     ca_task.abort();
+    rollover_task.abort();
     for task in [policy_task, namespace_task].into_iter().flatten() {
         task.abort();
     }

@@ -51,7 +51,10 @@ pub struct Authority {
     key: KeyPair,
     key_pem: String,
     fingerprint: String,
+    not_before: jiff::Timestamp,
     not_after: jiff::Timestamp,
+    /// The roots in the bundle that anchor the signer's chain.
+    anchors: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -67,6 +70,15 @@ impl std::fmt::Debug for Authority {
 impl Authority {
     /// A new self-signed root: ECDSA P-256, valid for [`ROOT_LIFETIME`].
     pub fn generate_root(now: jiff::Timestamp) -> Result<Self, CaError> {
+        Self::generate_root_for(now, ROOT_LIFETIME)
+    }
+
+    /// A new self-signed root valid for `lifetime` from `now` (backdated an hour, or a tenth of
+    /// the lifetime when that is shorter, for clock skew).
+    pub fn generate_root_for(
+        now: jiff::Timestamp,
+        lifetime: std::time::Duration,
+    ) -> Result<Self, CaError> {
         let gen_err = |e: rcgen::Error| CaError::Generate(e.to_string());
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
         let mut params = CertificateParams::default();
@@ -93,10 +105,11 @@ impl Authority {
             KeyUsagePurpose::DigitalSignature,
         ];
         params.serial_number = Some(random_serial());
-        let start = now - jiff::SignedDuration::from_hours(1);
+        let backdate = std::time::Duration::from_secs(3600).min(lifetime / 10);
+        let start = now - jiff::SignedDuration::try_from(backdate).unwrap_or_default();
         params.not_before = to_offset(start).map_err(|e| CaError::Generate(e.to_string()))?;
         params.not_after =
-            to_offset(now + ROOT_LIFETIME).map_err(|e| CaError::Generate(e.to_string()))?;
+            to_offset(now + lifetime).map_err(|e| CaError::Generate(e.to_string()))?;
         let cert = params.self_signed(&key).map_err(gen_err)?;
         let pem = cert.pem();
         let key_pem = key.serialize_pem();
@@ -147,6 +160,7 @@ impl Authority {
             return Err(CaError::KeyMismatch);
         }
         let not_after = from_asn1(signer_cert.validity().not_after);
+        let not_before = from_asn1(signer_cert.validity().not_before);
         if not_after <= now {
             return Err(CaError::Expired(not_after));
         }
@@ -195,10 +209,16 @@ impl Authority {
                 key: "ca.crt",
                 reason: e.to_string(),
             })?;
-        let anchored = parsed_roots.iter().any(|root| {
-            root.subject() == top.issuer() && top.verify_signature(Some(root.public_key())).is_ok()
-        });
-        if !anchored {
+        let anchors: Vec<Vec<u8>> = parsed_roots
+            .iter()
+            .zip(&roots)
+            .filter(|(root, _)| {
+                root.subject() == top.issuer()
+                    && top.verify_signature(Some(root.public_key())).is_ok()
+            })
+            .map(|(_, der)| der.clone())
+            .collect();
+        if anchors.is_empty() {
             return Err(CaError::Untrusted(format!(
                 "no root in ca.crt signed {}",
                 top.subject()
@@ -212,7 +232,9 @@ impl Authority {
             roots,
             key,
             key_pem: key_pem.to_string(),
+            not_before,
             not_after,
+            anchors,
         })
     }
 
@@ -268,6 +290,37 @@ impl Authority {
 
     pub fn not_after(&self) -> jiff::Timestamp {
         self.not_after
+    }
+
+    pub fn not_before(&self) -> jiff::Timestamp {
+        self.not_before
+    }
+
+    /// The roots of the bundle that the signer's chain leads to.
+    pub fn anchors(&self) -> &[Vec<u8>] {
+        &self.anchors
+    }
+
+    /// The signer's certificate chain in `tls.crt` order (signer, then intermediates).
+    pub fn chain_pem(&self) -> String {
+        let mut chain = vec![self.signer.clone()];
+        chain.extend(self.intermediates.iter().cloned());
+        certs_to_pem(&chain)
+    }
+
+    /// The signer's private key, PEM (only for the CA Secret itself).
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// This CA with another trust bundle (which must still anchor its chain).
+    pub fn with_roots(&self, roots: &[Vec<u8>], now: jiff::Timestamp) -> Result<Self, CaError> {
+        Self::from_pem(
+            self.chain_pem().as_bytes(),
+            self.key_pem.as_bytes(),
+            Some(certs_to_pem(roots).as_bytes()),
+            now,
+        )
     }
 
     pub fn roots(&self) -> &[Vec<u8>] {

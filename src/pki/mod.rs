@@ -46,6 +46,19 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
 }
 
+/// notAfter of a DER certificate, if it parses.
+pub fn not_after_of(der: &[u8]) -> Option<jiff::Timestamp> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(from_asn1(cert.validity().not_after))
+}
+
+/// Short digest of a trust bundle's PEM, recorded on each identity Secret
+/// (`tlsid.dev/trust-bundle`) so that which Secrets hold the current bundle can be read from
+/// their metadata alone.
+pub fn bundle_digest(pem: &[u8]) -> String {
+    hex::encode(&Sha256::digest(pem)[..16])
+}
+
 /// Parse every `CERTIFICATE` block of a PEM bundle into DER. Other block types are ignored.
 pub fn parse_pem_certs(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     let blocks = pem_blocks(pem)?;

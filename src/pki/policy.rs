@@ -28,6 +28,9 @@ pub enum ReissueReason {
     Unparseable(&'static str, String),
     KeyMismatch,
     UntrustedIssuer,
+    /// Signed by a CA that is still trusted but no longer signs (a CA rollover's switch, or a
+    /// new intermediate): re-issued by chain, at the issuance budget.
+    SignerChanged,
     SpecChanged(String),
     ManualRequest(String),
     Expired(jiff::Timestamp),
@@ -43,6 +46,7 @@ impl ReissueReason {
             Self::Unparseable(..) => "SecretDataInvalid",
             Self::KeyMismatch => "KeyMismatch",
             Self::UntrustedIssuer => "IssuerChanged",
+            Self::SignerChanged => "SignerChanged",
             Self::SpecChanged(_) => "SpecChanged",
             Self::ManualRequest(_) => "ManuallyTriggered",
             Self::Expired(_) => "Expired",
@@ -58,6 +62,9 @@ impl ReissueReason {
             Self::KeyMismatch => "the Secret's tls.key does not match its tls.crt".into(),
             Self::UntrustedIssuer => {
                 "the certificate was not issued by a CA in the current trust bundle".into()
+            }
+            Self::SignerChanged => {
+                "the certificate was signed by a CA that no longer signs (CA rollover); re-issued by the current signer".into()
             }
             Self::SpecChanged(what) => format!("the spec changed: {what}"),
             Self::ManualRequest(v) => {
@@ -92,6 +99,7 @@ type Check = fn(&PolicyInput<'_>, &CertificateInfo) -> Option<ReissueReason>;
 /// In order: the first that fires wins.
 const CHECKS: &[Check] = &[
     untrusted_issuer,
+    signer_changed,
     names_changed,
     usages_changed,
     key_changed,
@@ -123,6 +131,13 @@ fn untrusted_issuer(_: &PolicyInput<'_>, info: &CertificateInfo) -> Option<Reiss
     info.issuer_fingerprint
         .is_none()
         .then_some(ReissueReason::UntrustedIssuer)
+}
+
+fn signer_changed(input: &PolicyInput<'_>, info: &CertificateInfo) -> Option<ReissueReason> {
+    info.issuer_fingerprint
+        .as_deref()
+        .is_some_and(|fp| fp != input.ca.fingerprint())
+        .then_some(ReissueReason::SignerChanged)
 }
 
 fn names_changed(input: &PolicyInput<'_>, info: &CertificateInfo) -> Option<ReissueReason> {

@@ -8,6 +8,8 @@
 //! table-tested in `tests.rs` without an apiserver.
 
 pub mod budget;
+pub mod ca_state;
+pub mod rollover;
 pub mod status;
 
 #[cfg(test)]

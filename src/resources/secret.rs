@@ -54,6 +54,10 @@ pub fn desired_secret(identity: &TlsIdentity, content: &SecretContent, serial_he
     let mut annotations = template.annotations;
     annotations.extend(content.annotations.clone());
     annotations.insert(SERIAL_ANNOTATION.into(), serial_hex.into());
+    annotations.insert(
+        crate::api::TRUST_BUNDLE_ANNOTATION.into(),
+        crate::pki::bundle_digest(&content.ca_crt),
+    );
 
     let mut data = BTreeMap::from([
         (TLS_CRT.to_string(), ByteString(content.tls_crt.clone())),

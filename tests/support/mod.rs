@@ -745,6 +745,22 @@ pub async fn setup(test: &str) -> Env {
     setup_in(ns).await
 }
 
+/// Like [`setup`], with more controller flags.
+pub async fn setup_with(test: &str, flags: &[&str]) -> Env {
+    let cluster = cluster().await;
+    let client = cluster.client().await;
+    let ns = namespace(&client, test).await;
+    let mut args = vec!["--watch-namespace", ns.as_str(), "--namespace", ns.as_str()];
+    args.extend_from_slice(flags);
+    let controller = Controller::start_with(cluster, &ns, &args).await;
+    Env {
+        ids: Api::namespaced(client.clone(), &ns),
+        secrets: Api::namespaced(client, &ns),
+        ns,
+        controller,
+    }
+}
+
 /// A controller for `ns` (which the caller may have prepared, e.g. with a CA Secret).
 pub async fn setup_in(ns: String) -> Env {
     let cluster = cluster().await;

@@ -1,0 +1,339 @@
+//! The operator's commands (`tlsid ca ...`), usable as a kubectl plugin (`kubectl tlsid ...` via a
+//! `kubectl-tlsid` name). They honour `KUBECONFIG` and `--context` as kubectl does; the install's
+//! namespace is a named flag (`--install-namespace`), so `-n` can stay the namespace of
+//! identities. Output is text for people, `-o json` for scripts.
+
+use crate::{
+    api::TlsIdentity,
+    pki::{fingerprint, not_after_of},
+    plan::{
+        ca_state::CaState,
+        rollover::{
+            Phase, ROTATE_ANNOTATION, ROTATE_FROM_ANNOTATION, ROTATE_HANDLED_ANNOTATION,
+            ROTATE_MODE_ANNOTATION,
+        },
+    },
+};
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    config::KubeConfigOptions,
+};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use x509_parser::prelude::*;
+
+/// Where the install lives and how to reach the cluster.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Target {
+    /// The kubeconfig context to use (default: the current context).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// The namespace of the tlsid install (its CA Secret).
+    #[arg(
+        long,
+        global = true,
+        default_value = "tlsid-system",
+        env = "TLSID_INSTALL_NAMESPACE"
+    )]
+    pub install_namespace: String,
+    /// The install's CA Secret.
+    #[arg(long, global = true, default_value = "tlsid-ca")]
+    pub ca_secret: String,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+pub async fn client(target: &Target) -> anyhow::Result<Client> {
+    let options = KubeConfigOptions {
+        context: target.context.clone(),
+        ..Default::default()
+    };
+    let config = match kube::Config::from_kubeconfig(&options).await {
+        Ok(c) => c,
+        Err(e) if target.context.is_some() => return Err(e).context("reading the kubeconfig"),
+        Err(_) => kube::Config::infer()
+            .await
+            .context("finding a kubeconfig")?,
+    };
+    Client::try_from(config).context("building a Kubernetes client")
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertView {
+    pub fingerprint: String,
+    pub subject: String,
+    pub not_after: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CaStatus {
+    pub secret: String,
+    pub phase: String,
+    pub since: Option<String>,
+    pub mode: Option<String>,
+    pub trigger: Option<String>,
+    pub generated: bool,
+    pub signer: CertView,
+    pub next: Option<CertView>,
+    pub previous: Option<CertView>,
+    pub roots: Vec<CertView>,
+    /// Identities by the CA that signed their current certificate.
+    pub leaves_on_signer: u64,
+    pub leaves_on_previous: u64,
+    pub leaves_on_other: u64,
+    pub pending_request: Option<String>,
+    pub recent_events: Vec<String>,
+}
+
+fn view(der: &[u8]) -> CertView {
+    let subject = parse_x509_certificate(der)
+        .map(|(_, c)| c.subject().to_string())
+        .unwrap_or_default();
+    CertView {
+        fingerprint: fingerprint(der),
+        subject,
+        not_after: not_after_of(der).map(|t| t.to_string()).unwrap_or_default(),
+    }
+}
+
+/// `tlsid ca status`.
+pub async fn ca_status(target: &Target) -> anyhow::Result<CaStatus> {
+    let client = client(target).await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &target.install_namespace);
+    let secret = secrets.get_opt(&target.ca_secret).await?.with_context(|| {
+        format!(
+            "no CA Secret {} in namespace {} (is tlsid installed there? see --install-namespace)",
+            target.ca_secret, target.install_namespace
+        )
+    })?;
+    let data: BTreeMap<&str, &[u8]> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.0.as_slice()))
+        .collect();
+    let annotations = secret.annotations().clone();
+    let (state, provenance) = CaState::parse(&data, &annotations, jiff::Timestamp::now())
+        .map_err(|e| anyhow::anyhow!("the CA Secret is not usable: {e}"))?;
+    let identities: Api<TlsIdentity> = Api::all(client.clone());
+    let (mut on_signer, mut on_previous, mut on_other) = (0, 0, 0);
+    for id in identities.list(&ListParams::default()).await? {
+        let Some(fp) = id.status.as_ref().and_then(|s| s.ca_fingerprint.as_deref()) else {
+            continue;
+        };
+        if fp == state.current.fingerprint() {
+            on_signer += 1;
+        } else if state.previous.as_ref().is_some_and(|p| p.fingerprint == fp) {
+            on_previous += 1;
+        } else {
+            on_other += 1;
+        }
+    }
+    let events: Api<Event> = Api::namespaced(client, &target.install_namespace);
+    let mut recent: Vec<Event> = events
+        .list(&ListParams::default().fields(&format!(
+            "involvedObject.name={},involvedObject.kind=Secret",
+            target.ca_secret
+        )))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    recent.sort_by_key(|e| {
+        e.event_time
+            .as_ref()
+            .map(|t| t.0.as_second())
+            .or(e.last_timestamp.as_ref().map(|t| t.0.as_second()))
+            .unwrap_or_default()
+    });
+    let recent_events = recent
+        .iter()
+        .rev()
+        .take(5)
+        .map(|e| {
+            format!(
+                "{} {}: {}",
+                e.type_.as_deref().unwrap_or_default(),
+                e.reason.as_deref().unwrap_or_default(),
+                e.message.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    let r = &state.record;
+    let rolling = r.phase != Phase::Stable;
+    Ok(CaStatus {
+        secret: format!("{}/{}", target.install_namespace, target.ca_secret),
+        phase: r.phase.as_str().into(),
+        since: r.since.filter(|_| rolling).map(|t| t.to_string()),
+        mode: rolling.then(|| r.mode.as_str().to_string()),
+        trigger: r
+            .trigger
+            .filter(|_| rolling)
+            .map(|t| t.as_str().to_string()),
+        generated: state.generated,
+        signer: view(state.current.signer_der()),
+        next: state.next.as_ref().map(|n| view(n.signer_der())),
+        previous: state.previous.as_ref().map(|p| view(&p.signer)),
+        roots: state.current.roots().iter().map(|r| view(r)).collect(),
+        leaves_on_signer: on_signer,
+        leaves_on_previous: on_previous,
+        leaves_on_other: on_other,
+        pending_request: provenance.request.map(|r| r.token),
+        recent_events,
+    })
+}
+
+/// The human format of `tlsid ca status`.
+pub fn render_status(s: &CaStatus) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let cert = |c: &CertView| {
+        format!(
+            "{} (sha256 {}…), expires {}",
+            c.subject,
+            &c.fingerprint[..16.min(c.fingerprint.len())],
+            c.not_after
+        )
+    };
+    let _ = writeln!(o, "CA Secret:  {}", s.secret);
+    let mut phase = s.phase.clone();
+    if let (Some(mode), Some(trigger)) = (&s.mode, &s.trigger) {
+        let _ = write!(phase, " ({mode}, {trigger}");
+        if let Some(since) = &s.since {
+            let _ = write!(phase, ", since {since}");
+        }
+        phase.push(')');
+    }
+    let _ = writeln!(o, "Phase:      {phase}");
+    let _ = writeln!(
+        o,
+        "Signer:     {}{}",
+        cert(&s.signer),
+        if s.generated { " [generated]" } else { "" }
+    );
+    if let Some(n) = &s.next {
+        let _ = writeln!(o, "Next:       {}", cert(n));
+    }
+    if let Some(p) = &s.previous {
+        let _ = writeln!(o, "Previous:   {}", cert(p));
+    }
+    let _ = writeln!(o, "Trust bundle ({} root(s)):", s.roots.len());
+    for r in &s.roots {
+        let _ = writeln!(o, "  - {}", cert(r));
+    }
+    let _ = writeln!(
+        o,
+        "Leaves:     {} on the signer, {} on the previous CA, {} on another CA",
+        s.leaves_on_signer, s.leaves_on_previous, s.leaves_on_other
+    );
+    if let Some(r) = &s.pending_request {
+        let _ = writeln!(
+            o,
+            "Requested:  rollover {r} (not yet taken up by the controller)"
+        );
+    }
+    if !s.recent_events.is_empty() {
+        let _ = writeln!(o, "Events (newest first):");
+        for e in &s.recent_events {
+            let _ = writeln!(o, "  {e}");
+        }
+    }
+    o
+}
+
+/// What `tlsid ca rotate` asks for.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RotateArgs {
+    /// A `kubernetes.io/tls` Secret in the install's namespace holding your next CA: `tls.crt`
+    /// (the signer, then any intermediates), `tls.key`, `ca.crt` (its root; optional for a root).
+    /// Default: tlsid generates a new root.
+    #[arg(long)]
+    pub from_secret: Option<String>,
+    /// The current CA is compromised: retire its root as soon as no identity holds a certificate
+    /// it signed, instead of waiting for those certificates to expire.
+    #[arg(long)]
+    pub emergency: bool,
+    /// Wait until the controller has taken the request up (not for the whole rollover).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// `tlsid ca rotate`: annotate the CA Secret; the leader starts the rollover.
+pub async fn ca_rotate(target: &Target, args: &RotateArgs) -> anyhow::Result<String> {
+    let client = client(target).await?;
+    let secrets: Api<Secret> = Api::namespaced(client, &target.install_namespace);
+    let secret = secrets.get_opt(&target.ca_secret).await?.with_context(|| {
+        format!(
+            "no CA Secret {} in namespace {} (see --install-namespace)",
+            target.ca_secret, target.install_namespace
+        )
+    })?;
+    if let Some(phase) = secret
+        .annotations()
+        .get(crate::plan::rollover::PHASE_ANNOTATION)
+    {
+        bail!("a CA rollover is already in progress (phase {phase}); see tlsid ca status");
+    }
+    if let Some(from) = &args.from_secret {
+        let next = secrets.get_opt(from).await?.with_context(|| {
+            format!(
+                "no Secret {from} in namespace {} to roll over to",
+                target.install_namespace
+            )
+        })?;
+        crate::controller::ca::authority_from_secret(&next, jiff::Timestamp::now())
+            .map_err(|e| anyhow::anyhow!("Secret {from} cannot be the next CA: {e}"))?;
+    }
+    let token = format!(
+        "{}-{:08x}",
+        jiff::Timestamp::now().as_second(),
+        rand::random::<u32>()
+    );
+    let patch = serde_json::json!({
+        "metadata": {"annotations": {
+            ROTATE_ANNOTATION: token,
+            ROTATE_FROM_ANNOTATION: args.from_secret,
+            ROTATE_MODE_ANNOTATION: if args.emergency { "Emergency" } else { "Normal" },
+        }}
+    });
+    secrets
+        .patch(
+            &target.ca_secret,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .context("annotating the CA Secret")?;
+    if !args.wait {
+        return Ok(format!(
+            "CA rollover requested ({token}); follow it with: tlsid ca status --install-namespace {}",
+            target.install_namespace
+        ));
+    }
+    for _ in 0..120 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let s = secrets.get(&target.ca_secret).await?;
+        if s.annotations().get(ROTATE_HANDLED_ANNOTATION) == Some(&token) {
+            let phase = s
+                .annotations()
+                .get(crate::plan::rollover::PHASE_ANNOTATION)
+                .cloned()
+                .unwrap_or_else(|| "Stable".into());
+            return Ok(format!(
+                "CA rollover {token} taken up by the controller: phase {phase}"
+            ));
+        }
+    }
+    bail!("the controller has not taken the request up within 60 s: is tlsid running and leading?")
+}

@@ -1,0 +1,535 @@
+//! The CA rollover's I/O: the leader observes (the CA Secret as last accepted, identity statuses
+//! and Secret metadata from the controller's caches, the demo pods' trusted roots), asks
+//! [`crate::plan::rollover::step`] what to do, and writes the CA Secret once per step with a
+//! resourceVersion precondition. Identities follow the CA Secret through the existing CA watch:
+//! a new bundle is written into every identity Secret, a new signer re-issues every leaf at the
+//! issuance budget.
+
+use super::{
+    Context,
+    ca::{self, SeenCa},
+    leader::Role,
+};
+use crate::{
+    api::{GoDuration, IDENTITY_LABEL, TRUST_BUNDLE_ANNOTATION, conditions::READY},
+    pki::{Authority, bundle_digest, fingerprint},
+    plan::{
+        ca_state::CaState,
+        rollover::{self, Action, Consumers, Mode, Phase, Request, Settings, Source, World},
+    },
+};
+use futures::{SinkExt, channel::mpsc::Sender};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::{
+    Api, ResourceExt,
+    api::{DynamicObject, ListParams, PartialObjectMeta},
+    runtime::{events::EventType, reflector::Store},
+};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+/// Settings of the rollover (flags of the controller).
+#[derive(Clone, Debug)]
+pub struct RolloverConfig {
+    /// Lifetime of a root tlsid generates (`--ca-lifetime`).
+    pub ca_lifetime: Duration,
+    /// `--trust-propagation-delay`.
+    pub propagation_delay: Duration,
+    /// `--ca-rotate-at`: fraction of a generated root's life after which it rolls over.
+    pub rotate_at: f64,
+    /// `--observe-demo-trust`: wait for every demo pod to report the next root.
+    pub observe_demo_trust: bool,
+}
+
+impl Default for RolloverConfig {
+    fn default() -> Self {
+        Self {
+            ca_lifetime: crate::pki::ca::ROOT_LIFETIME,
+            propagation_delay: rollover::DEFAULT_PROPAGATION_DELAY,
+            rotate_at: rollover::DEFAULT_ROTATE_AT,
+            observe_demo_trust: true,
+        }
+    }
+}
+
+/// The controller's caches the rollover counts from.
+pub struct Stores {
+    pub identities: Store<DynamicObject>,
+    pub secrets: Store<PartialObjectMeta<Secret>>,
+}
+
+/// Event reasons on the CA Secret.
+pub const STARTED: &str = "CaRolloverStarted";
+pub const PHASE: &str = "CaRolloverPhase";
+pub const COMPLETED: &str = "CaRolloverCompleted";
+pub const DECLINED: &str = "CaRolloverDeclined";
+pub const EXPIRING: &str = "CaExpiringSoon";
+
+/// What the leader counted.
+#[derive(Debug, Default)]
+struct Counts {
+    secrets_awaiting_bundle: u64,
+    leaves_on_previous: u64,
+    longest_leaf: Duration,
+}
+
+/// Reasons of `Ready=False` that stop an identity from being served: its Secret is not waited for.
+const BLOCKED: [&str; 4] = [
+    "InvalidSpec",
+    "NotPermitted",
+    "SecretConflict",
+    "UnreadableObject",
+];
+
+fn count(ctx: &Context, state: &CaState) -> Counts {
+    let mut out = Counts {
+        longest_leaf: Duration::from_secs(24 * 3600),
+        ..Default::default()
+    };
+    let Some(stores) = ctx.stores.get() else {
+        return out;
+    };
+    let digest = bundle_digest(state.current.bundle_pem().as_bytes());
+    let previous = state.previous.as_ref().map(|p| p.fingerprint.as_str());
+    for obj in stores.identities.state() {
+        if crate::api::install_of(obj.labels()) != ctx.config.install {
+            continue;
+        }
+        let status = obj.data.get("status");
+        let ready_reason = status
+            .and_then(|s| s.get("conditions"))
+            .and_then(|c| c.as_array())
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c.get("type").and_then(|t| t.as_str()) == Some(READY))
+            })
+            .filter(|c| c.get("status").and_then(|s| s.as_str()) == Some("False"))
+            .and_then(|c| c.get("reason"))
+            .and_then(|r| r.as_str());
+        if ready_reason.is_some_and(|r| BLOCKED.contains(&r)) {
+            continue;
+        }
+        if let Some(d) = obj
+            .data
+            .get("spec")
+            .and_then(|s| s.get("duration"))
+            .and_then(|d| d.as_str())
+            .and_then(|d| GoDuration(d.to_string()).parse().ok())
+        {
+            out.longest_leaf = out.longest_leaf.max(d);
+        }
+        if previous.is_some()
+            && status
+                .and_then(|s| s.get("caFingerprint"))
+                .and_then(|f| f.as_str())
+                == previous
+        {
+            out.leaves_on_previous += 1;
+        }
+        let secret_name = obj
+            .data
+            .get("spec")
+            .and_then(|s| s.get("secretName"))
+            .and_then(|n| n.as_str())
+            .map_or_else(|| obj.name_any(), str::to_string);
+        let ns = obj.namespace().unwrap_or_default();
+        let key = kube::runtime::reflector::ObjectRef::new(&secret_name).within(&ns);
+        if let Some(secret) = stores.secrets.get(&key)
+            && secret.labels().get(IDENTITY_LABEL) == Some(&obj.name_any())
+            && secret.annotations().get(TRUST_BUNDLE_ANNOTATION) != Some(&digest)
+        {
+            out.secrets_awaiting_bundle += 1;
+        }
+    }
+    out
+}
+
+/// Ask every running demo pod of identities this install serves which roots it trusts. Pods that
+/// cannot be listed count as one consumer that does not trust yet (the gate holds), with why.
+async fn consumers(ctx: &Context, next: &Authority) -> (Consumers, Option<String>) {
+    let mut out = Consumers {
+        observed: true,
+        ..Default::default()
+    };
+    let wanted: BTreeSet<String> = next.anchors().iter().map(|r| fingerprint(r)).collect();
+    let pods: Api<Pod> = match &ctx.config.watch_namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let list = match pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=tlsid-demo"))
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            out.total = 1;
+            return (
+                out,
+                Some(format!(
+                    "cannot list the demo pods to ask which roots they trust: {e}"
+                )),
+            );
+        }
+    };
+    let served: BTreeSet<(String, String)> = ctx
+        .stores
+        .get()
+        .map(|s| {
+            s.identities
+                .state()
+                .iter()
+                .filter(|o| crate::api::install_of(o.labels()) == ctx.config.install)
+                .map(|o| (o.namespace().unwrap_or_default(), o.name_any()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for pod in list {
+        let instance = pod
+            .labels()
+            .get("app.kubernetes.io/instance")
+            .cloned()
+            .unwrap_or_default();
+        if !served.contains(&(pod.namespace().unwrap_or_default(), instance)) {
+            continue;
+        }
+        let status = pod.status.as_ref();
+        let running = status.and_then(|s| s.phase.as_deref()) == Some("Running")
+            && pod.metadata.deletion_timestamp.is_none();
+        let Some(ip) = status.and_then(|s| s.pod_ip.clone()).filter(|_| running) else {
+            continue;
+        };
+        out.total += 1;
+        match scrape(&ip, crate::api::DEMO_METRICS_PORT).await {
+            Ok(body) => {
+                let trusted = crate::demo::trusted_roots(&body);
+                if wanted.iter().all(|w| trusted.contains(w)) {
+                    out.trusting_next += 1;
+                } else {
+                    debug!(
+                        pod = pod.name_any(),
+                        "demo pod does not trust the next root yet"
+                    );
+                }
+            }
+            Err(e) => {
+                debug!(pod = pod.name_any(), error = %e, "cannot read the demo pod's metrics")
+            }
+        }
+    }
+    (out, None)
+}
+
+/// GET /metrics over plain HTTP/1.0, bounded in time and size.
+async fn scrape(ip: &str, port: i32) -> std::io::Result<String> {
+    let host = if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    };
+    let work = async {
+        let mut stream = tokio::net::TcpStream::connect(&host).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nAccept: text/plain\r\n\r\n")
+            .await?;
+        let mut body = Vec::new();
+        stream.take(1 << 20).read_to_end(&mut body).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&body).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(3), work)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))?
+}
+
+/// Run the rollover for as long as the controller runs; only the leader acts.
+pub async fn run(ctx: Arc<Context>, mut changed: Sender<()>) {
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let name = ctx.config.ca_secret.clone();
+    let settings = Settings {
+        propagation_delay: ctx.config.rollover.propagation_delay,
+        rotate_at: ctx.config.rollover.rotate_at,
+    };
+    let mut warned_expiring: Option<String> = None;
+    let mut last_waiting: Option<String> = None;
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = ctx.rollover_wake.notified() => {}
+            _ = tokio::time::sleep(rollover::POLL) => {}
+        }
+        if ctx.leadership.role() != Role::Leader {
+            continue;
+        }
+        let Some(seen) = ctx.ca_seen() else { continue };
+        if seen.resource_version.is_none() {
+            continue;
+        }
+        let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+            .unwrap_or_else(|_| jiff::Timestamp::now());
+        let edit = seen.edited.as_ref().map(|_| Request {
+            token: String::new(),
+            source: Source::Edited,
+            mode: Mode::Normal,
+        });
+        let request = edit.or_else(|| seen.request.clone());
+        let state = &seen.state;
+        let counts = count(&ctx, state);
+        ctx.metrics
+            .leaves_on_previous
+            .set(i64::try_from(counts.leaves_on_previous).unwrap_or(i64::MAX));
+        let consumers = match (&state.next, state.record.phase) {
+            (Some(next), Phase::WaitForTrust)
+                if ctx.config.rollover.observe_demo_trust && ctx.config.demo_workloads =>
+            {
+                let (c, error) = consumers(&ctx, next).await;
+                if error != last_error
+                    && let Some(e) = &error
+                {
+                    warn!("{e}");
+                }
+                last_error = error;
+                c
+            }
+            _ => Consumers::default(),
+        };
+        let current = CaState::facts(&state.current, state.generated);
+        let next = state
+            .next
+            .as_ref()
+            .map(|n| CaState::facts(n, state.next_generated));
+        let world = World {
+            now,
+            record: &state.record,
+            current: &current,
+            next: next.as_ref(),
+            previous: state.previous.as_ref().map(|p| p.fingerprint.as_str()),
+            request: request.as_ref(),
+            secrets_awaiting_bundle: counts.secrets_awaiting_bundle,
+            consumers,
+            leaves_on_previous: counts.leaves_on_previous,
+            longest_leaf: counts.longest_leaf,
+        };
+        let step = rollover::step(&world, &settings);
+        ctx.metrics
+            .ca_expiring
+            .set(i64::from(step.expiring_user_ca));
+        if step.expiring_user_ca {
+            if warned_expiring.as_deref() != Some(state.current.fingerprint()) {
+                warned_expiring = Some(state.current.fingerprint().to_string());
+                warn!(
+                    not_after = %state.current.not_after(),
+                    "the CA you supplied is past its rotation point; supply the next one (tlsid ca rotate --from-secret NAME)"
+                );
+                publish(
+                    &ctx,
+                    &api,
+                    &name,
+                    EventType::Warning,
+                    EXPIRING,
+                    step.waiting_for.clone().unwrap_or_default(),
+                )
+                .await;
+            }
+        } else if step.waiting_for != last_waiting
+            && let Some(w) = &step.waiting_for
+        {
+            info!(
+                phase = state.record.phase.as_str(),
+                "CA rollover waits for {w}"
+            );
+        }
+        last_waiting = step.waiting_for.clone();
+        if step.action == Action::Nothing {
+            continue;
+        }
+        if let Err(e) = act(
+            &ctx,
+            &api,
+            &name,
+            &seen,
+            &step.action,
+            request.as_ref(),
+            now,
+            &mut changed,
+        )
+        .await
+        {
+            warn!(error = %e, action = ?step.action, "CA rollover step not taken; retrying");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn act(
+    ctx: &Context,
+    api: &Api<Secret>,
+    name: &str,
+    seen: &SeenCa,
+    action: &Action,
+    request: Option<&Request>,
+    now: jiff::Timestamp,
+    changed: &mut Sender<()>,
+) -> anyhow::Result<()> {
+    let mut action = action.clone();
+    // The CA a rollover starts with.
+    let next = match &action {
+        Action::Begin { source, .. } => match source {
+            Source::Generate => Some((
+                Arc::new(Authority::generate_root_for(
+                    now,
+                    ctx.config.rollover.ca_lifetime,
+                )?),
+                true,
+            )),
+            Source::Edited => seen.edited.clone().map(|a| (a, false)),
+            Source::Secret(from) => match read_next(ctx, from).await {
+                Ok(ca) => Some((Arc::new(ca), false)),
+                Err(why) => {
+                    action = Action::Decline(why);
+                    None
+                }
+            },
+        },
+        _ => None,
+    };
+    let record = rollover::next_record(&seen.state.record, &action, now, request);
+    let state = seen.state.apply(&action, record, next, now)?;
+    let secret = ca::ca_secret(name, &state, &seen.annotations);
+    // One JSON patch, tested against the resourceVersion the step was decided on: the whole data
+    // and tlsid's annotations replaced at once, or nothing (another writer came first).
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": seen.resource_version},
+        {"op": "add", "path": "/metadata/annotations", "value": secret.metadata.annotations},
+        {"op": "add", "path": "/data", "value": secret.data},
+    ]))?;
+    ctx.metrics.wrote("ca_secret");
+    let written = match api
+        .patch(
+            name,
+            &ca::patch_params(),
+            &kube::api::Patch::Json::<()>(patch),
+        )
+        .await
+    {
+        Ok(w) => w,
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => {
+            debug!("the CA Secret changed under the rollover step; looking again");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Accept what was written at once (the watch brings the same), and reconcile every identity
+    // when what they use changed.
+    if let Ok(accepted) = ca::seen_from_secret(&written, None, now)
+        && ctx.set_ca_seen(accepted)
+    {
+        let _ = changed.send(()).await;
+    }
+    let (kind, reason, note) = describe(&action, &seen.state, &state);
+    info!(phase = state.record.phase.as_str(), "{note}");
+    if let Action::Begin { trigger, .. } = &action {
+        ctx.metrics
+            .rollovers
+            .get_or_create(&super::metrics::ReasonLabels {
+                reason: trigger.as_str().into(),
+            })
+            .inc();
+    }
+    ctx.publish_ref(&ca::secret_ref(&written), kind, reason, note)
+        .await;
+    Ok(())
+}
+
+/// The next CA from a Secret in the install's namespace.
+async fn read_next(ctx: &Context, from: &str) -> Result<Authority, String> {
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    match api.get_opt(from).await {
+        Ok(Some(s)) => ca::authority_from_secret(&s, jiff::Timestamp::now())
+            .map_err(|e| format!("Secret {from} cannot be the next CA: {e}")),
+        Ok(None) => Err(format!(
+            "Secret {from} (the next CA) does not exist in namespace {}",
+            ctx.config.namespace
+        )),
+        Err(e) => Err(format!("Secret {from} (the next CA) cannot be read: {e}")),
+    }
+}
+
+fn short(fp: &str) -> &str {
+    &fp[..fp.len().min(16)]
+}
+
+fn describe(
+    action: &Action,
+    before: &CaState,
+    after: &CaState,
+) -> (EventType, &'static str, String) {
+    match action {
+        Action::Begin { trigger, mode, .. } => (
+            EventType::Normal,
+            STARTED,
+            format!(
+                "CA rollover started ({}, {} mode): next CA {} published in the trust bundle{}; {} keeps signing",
+                trigger.as_str(),
+                mode.as_str(),
+                after.next.as_ref().map_or("", |n| short(n.fingerprint())),
+                if after.record.new_trust { "" } else { " (its root is already trusted: no propagation needed)" },
+                short(after.current.fingerprint()),
+            ),
+        ),
+        Action::Enter(p) => (
+            EventType::Normal,
+            PHASE,
+            match p {
+                Phase::WaitForTrust => "every identity Secret holds the bundle with the next root; waiting for consumers to load it".to_string(),
+                Phase::Drain => "no identity holds a certificate of the previous CA; waiting before its root leaves the bundle".to_string(),
+                Phase::Publish => "an identity Secret fell behind the bundle; waiting for it again".to_string(),
+                Phase::Switch => "a certificate of the previous CA appeared again; re-issuing it".to_string(),
+                Phase::Stable => String::new(),
+            },
+        ),
+        Action::Switch { .. } => (
+            EventType::Normal,
+            PHASE,
+            format!(
+                "CA {} signs now; every certificate of {} is re-issued at the issuance budget; its key is destroyed",
+                short(after.current.fingerprint()),
+                short(before.current.fingerprint())
+            ),
+        ),
+        Action::Retire => (
+            EventType::Normal,
+            COMPLETED,
+            format!(
+                "CA rollover completed: the previous root left the trust bundle; {} root(s) trusted, {} signs",
+                after.current.roots().len(),
+                short(after.current.fingerprint())
+            ),
+        ),
+        Action::Escalate => (
+            EventType::Warning,
+            PHASE,
+            "the rollover in progress is now an emergency one: the previous root is retired as soon as no identity holds a certificate it signed".to_string(),
+        ),
+        Action::Decline(why) => (EventType::Warning, DECLINED, why.clone()),
+        Action::Reset(why) => (
+            EventType::Warning,
+            DECLINED,
+            format!("the recorded rollover could not continue ({why}); back to Stable with the signer and bundle unchanged"),
+        ),
+        Action::Nothing => (EventType::Normal, PHASE, String::new()),
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    api: &Api<Secret>,
+    name: &str,
+    kind: EventType,
+    reason: &str,
+    note: String,
+) {
+    if let Ok(Some(s)) = api.get_opt(name).await {
+        ctx.publish_ref(&ca::secret_ref(&s), kind, reason, note)
+            .await;
+    }
+}
