@@ -91,7 +91,7 @@ export KUBECONFIG
 log "control plane up in $((SECONDS - t_up))s (${KUBECONFIG})"
 KUBECTL="$(tlsid_bin kubectl)"
 "${KUBECTL}" apply -f crds/ >&2
-"${KUBECTL}" wait --for=condition=Established --timeout=60s crd/tlsidentities.tlsid.dev crd/tlsidentitypolicies.tlsid.dev >&2
+"${KUBECTL}" wait --for=condition=Established --timeout=60s crd/tlsidentities.tlsid.dev crd/tlsidentitypolicies.tlsid.dev crd/tlsauthorities.tlsid.dev >&2
 "${KUBECTL}" create namespace "${CA_NAMESPACE}" >&2
 
 # --- one controller per N ------------------------------------------------------

@@ -81,7 +81,7 @@ cmd_down() {
       "${helm}" uninstall "${RELEASE}" --namespace "${SYSTEM_NS}" --ignore-not-found --wait --timeout "${TIMEOUT}s"
       "${kubectl}" delete namespace "${SYSTEM_NS}" --ignore-not-found --timeout="${TIMEOUT}s"
       note "The CRDs are kept (chart value crds.keep); remove them with:"
-      note "  kubectl delete crd tlsidentities.tlsid.dev tlsidentitypolicies.tlsid.dev"
+      note "  kubectl delete crd tlsidentities.tlsid.dev tlsidentitypolicies.tlsid.dev tlsauthorities.tlsid.dev"
     else
       echo "demo.sh: the cluster the demo used (${KUBECONFIG}) does not answer; nothing removed there"
     fi

@@ -143,7 +143,7 @@ start=${SECONDS}
   die "the TlsIdentity CRD is gone or lost its helm.sh/resource-policy=keep annotation"
 # Deleting the CRD deletes every identity; the Secrets workloads mount stay (no owner reference
 # by default: the control above showed the garbage collector acts on those that have one).
-k delete crd tlsidentities.tlsid.dev tlsidentitypolicies.tlsid.dev --wait --timeout "${TIMEOUT}" >/dev/null
+k delete crd tlsidentities.tlsid.dev tlsidentitypolicies.tlsid.dev tlsauthorities.tlsid.dev --wait --timeout "${TIMEOUT}" >/dev/null
 k -n "${DEMO_NS}" get secret demo-server-tls demo-client-tls >/dev/null ||
   die "deleting the CRD deleted identity Secrets that workloads mount"
 k -n "${SYSTEM_NS}" get secret tlsid-ca >/dev/null || die "deleting the CRD deleted the CA Secret"

@@ -42,6 +42,9 @@ pub struct Target {
     /// The install's CA Secret.
     #[arg(long, global = true, default_value = "tlsid-ca")]
     pub ca_secret: String,
+    /// The install's name (the identities it serves: label `tlsid.dev/install`).
+    #[arg(long, global = true, default_value = crate::api::DEFAULT_INSTALL)]
+    pub install: String,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -127,10 +130,20 @@ pub async fn ca_status(target: &Target) -> anyhow::Result<CaStatus> {
     let annotations = secret.annotations().clone();
     let (state, provenance) = CaState::parse(&data, &annotations, jiff::Timestamp::now())
         .map_err(|e| anyhow::anyhow!("the CA Secret is not usable: {e}"))?;
-    let identities: Api<TlsIdentity> = Api::all(client.clone());
+    // Untyped: one object the controller cannot read either must not stop the count.
+    let ar = kube::api::ApiResource::erase::<TlsIdentity>(&());
+    let identities: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
     let (mut on_signer, mut on_previous, mut on_other) = (0, 0, 0);
     for id in identities.list(&ListParams::default()).await? {
-        let Some(fp) = id.status.as_ref().and_then(|s| s.ca_fingerprint.as_deref()) else {
+        if crate::api::install_of(id.labels()) != target.install {
+            continue;
+        }
+        let Some(fp) = id
+            .data
+            .get("status")
+            .and_then(|s| s.get("caFingerprint"))
+            .and_then(|f| f.as_str())
+        else {
             continue;
         };
         if fp == state.current.fingerprint() {

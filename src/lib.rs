@@ -26,6 +26,7 @@ pub fn crds() -> Vec<(
             "tlsid.dev_tlsidentitypolicies.yaml",
             api::TlsIdentityPolicy::crd(),
         ),
+        ("tlsid.dev_tlsauthorities.yaml", api::TlsAuthority::crd()),
     ]
 }
 

@@ -150,6 +150,10 @@ struct ControllerArgs {
     /// Services). Off: such identities get a `Demo=False` condition and nothing is deployed.
     #[arg(long, env = "TLSID_DEMO_WORKLOADS", default_value_t = true, action = clap::ArgAction::Set)]
     demo_workloads: bool,
+    /// Name of the cluster-scoped TlsAuthority this install keeps up to date (default: the
+    /// install's name).
+    #[arg(long, env = "TLSID_AUTHORITY", value_parser = parse_install)]
+    authority: Option<String>,
     /// Lifetime of a root CA tlsid generates, as a Go duration (at least 10m).
     #[arg(long, env = "TLSID_CA_LIFETIME", default_value = "87600h", value_parser = parse_ca_lifetime)]
     ca_lifetime: cli_duration::Go,
@@ -328,6 +332,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API")?;
     let lease = controller::leader::LeaseTiming::new(args.lease_duration, args.lease_renew_grace)
         .map_err(anyhow::Error::msg)?;
+    let authority = args.authority.unwrap_or_else(|| args.install.clone());
     let config = Config {
         namespace: args.namespace,
         ca_secret: args.ca_secret,
@@ -355,6 +360,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                 ip_addresses: args.webhook_ip_addresses.clone(),
             }),
         demo_workloads: args.demo_workloads,
+        authority,
         rollover: controller::rollover::RolloverConfig {
             ca_lifetime: args.ca_lifetime.0,
             propagation_delay: args.trust_propagation_delay.0,

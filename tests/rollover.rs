@@ -36,6 +36,8 @@ const IDENTITIES: usize = 4;
 #[derive(Clone, Debug)]
 struct Sample {
     at: std::time::Instant,
+    /// Unix seconds of `at`: leaves are verified as of then (a 60 s leaf has expired by the end).
+    unix: i64,
     name: String,
     tls_crt: Vec<u8>,
     ca_crt: Vec<u8>,
@@ -56,6 +58,7 @@ fn sampler(
                 .await
                 .expect("list Secrets");
             let at = std::time::Instant::now();
+            let unix = jiff::Timestamp::now().as_second();
             for s in list {
                 let crt = data(&s, "tls.crt").to_vec();
                 let ca = data(&s, "ca.crt").to_vec();
@@ -64,6 +67,7 @@ fn sampler(
                     last.insert(name.clone(), (crt.clone(), ca.clone()));
                     sink.lock().unwrap().push(Sample {
                         at,
+                        unix,
                         name,
                         tls_crt: crt,
                         ca_crt: ca,
@@ -77,7 +81,7 @@ fn sampler(
 }
 
 /// `openssl verify` of the leaf in `tls_crt` (its intermediates untrusted) against `bundle`.
-fn verifies(dir: &Path, tls_crt: &[u8], bundle: &[u8]) -> Result<(), String> {
+fn verifies(dir: &Path, tls_crt: &[u8], bundle: &[u8], at: Option<i64>) -> Result<(), String> {
     let certs = parse_pem_certs(tls_crt).expect("tls.crt");
     let name = fingerprint(&certs[0]);
     let leaf = dir.join(format!("{name}.leaf.pem"));
@@ -88,6 +92,9 @@ fn verifies(dir: &Path, tls_crt: &[u8], bundle: &[u8]) -> Result<(), String> {
     std::fs::write(&ca, bundle).unwrap();
     let mut cmd = Command::new("openssl");
     cmd.arg("verify").arg("-CAfile").arg(&ca);
+    if let Some(at) = at {
+        cmd.arg("-attime").arg(at.to_string());
+    }
     if certs.len() > 1 {
         cmd.arg("-untrusted").arg(&chain);
     }
@@ -105,7 +112,8 @@ fn verifies(dir: &Path, tls_crt: &[u8], bundle: &[u8]) -> Result<(), String> {
 /// distinct (leaf, bundle) pairs were checked.
 fn cross_verify(samples: &[Sample]) -> usize {
     let dir = tempfile::tempdir().unwrap();
-    let mut pairs: BTreeSet<(Vec<u8>, Vec<u8>)> = BTreeSet::new();
+    // Each distinct (leaf, bundle) pair, with the first instant it had to hold.
+    let mut pairs: BTreeMap<(Vec<u8>, Vec<u8>), i64> = BTreeMap::new();
     for (i, s) in samples.iter().enumerate() {
         // Everything current at s.at: the latest sample per identity up to i.
         let mut current: BTreeMap<&str, &Sample> = BTreeMap::new();
@@ -125,12 +133,14 @@ fn cross_verify(samples: &[Sample]) -> usize {
         }
         for leaf in current.values() {
             for b in &bundles {
-                pairs.insert((leaf.tls_crt.clone(), b.to_vec()));
+                pairs
+                    .entry((leaf.tls_crt.clone(), b.to_vec()))
+                    .or_insert(s.unix);
             }
         }
     }
-    for (leaf, bundle) in &pairs {
-        if let Err(e) = verifies(dir.path(), leaf, bundle) {
+    for ((leaf, bundle), at) in &pairs {
+        if let Err(e) = verifies(dir.path(), leaf, bundle, Some(*at)) {
             panic!(
                 "a leaf did not verify against a bundle a peer could hold:\n{e}\nbundle:\n{}",
                 String::from_utf8_lossy(bundle)
@@ -251,7 +261,11 @@ async fn rollover_to_a_new_root_keeps_every_leaf_trusted_by_every_peer() {
                 && o.and_then(|o| o.status.as_ref()?.ca_fingerprint.clone()) == Some(signer.clone())
         })
         .await;
-        let s = env.secrets.get(&id.name_any()).await.unwrap();
+        let s = env
+            .secrets
+            .get(&format!("{}-tls", id.name_any()))
+            .await
+            .unwrap();
         assert_eq!(roots(&s), new_roots);
     }
     let samples = samples.lock().unwrap().clone();
@@ -260,7 +274,7 @@ async fn rollover_to_a_new_root_keeps_every_leaf_trusted_by_every_peer() {
     // Control: the check can fail. A leaf of the new CA against the bundle before the rollover.
     let dir = tempfile::tempdir().unwrap();
     let new_leaf = samples.last().unwrap().tls_crt.clone();
-    let err = verifies(dir.path(), &new_leaf, data(&before, "ca.crt"))
+    let err = verifies(dir.path(), &new_leaf, data(&before, "ca.crt"), None)
         .expect_err("a new leaf must not verify against the old bundle");
     assert!(err.contains("unable to get local issuer"), "{err}");
     let client = env.ids.clone().into_client();
@@ -355,7 +369,7 @@ async fn rollover_to_a_user_intermediate_in_emergency_mode() {
         "only the user's root is trusted"
     );
     for i in 0..IDENTITIES {
-        let s = env.secrets.get(&format!("r{i}")).await.unwrap();
+        let s = env.secrets.get(&format!("r{i}-tls")).await.unwrap();
         let chain = parse_pem_certs(data(&s, "tls.crt")).unwrap();
         assert_eq!(chain.len(), 2, "leaf + intermediate");
         assert_eq!(fingerprint(&chain[1]), next.fingerprint());
@@ -373,4 +387,148 @@ async fn rollover_to_a_user_intermediate_in_emergency_mode() {
 
 fn roots_of(ca: &Authority) -> BTreeSet<String> {
     ca.roots().iter().map(|r| fingerprint(r)).collect()
+}
+
+/// A root tlsid generated rolls over by itself at its rotation point (a 10-minute root, backdated
+/// a minute, rotated at a tenth of its life: within seconds), and the TlsAuthority shows it.
+#[tokio::test]
+async fn a_generated_root_rolls_over_by_itself() {
+    let env = setup_with(
+        "rollover-auto",
+        &[
+            "--ca-lifetime",
+            "10m",
+            "--ca-rotate-at",
+            "0.1",
+            "--trust-propagation-delay",
+            "1s",
+        ],
+    )
+    .await;
+    identities(&env.ids, &env.ns, "60s").await;
+    let started = wait_secret(&env.secrets, "tlsid-ca", "an automatic rollover", |s| {
+        s.and_then(|s| s.metadata.annotations.as_ref())
+            .is_some_and(|a| {
+                a.get("tlsid.dev/rollover-trigger").map(String::as_str) == Some("Automatic")
+            })
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        started
+            .annotations()
+            .get("tlsid.dev/ca-generated")
+            .map(String::as_str),
+        Some("true")
+    );
+    // The switch happens and every identity moves to the new root.
+    let switched = wait_secret(&env.secrets, "tlsid-ca", "the switch", |s| {
+        s.is_some_and(|s| data(s, "previous.crt").starts_with(b"-----BEGIN"))
+    })
+    .await
+    .unwrap();
+    let signer = fingerprint(&parse_pem_certs(data(&switched, "tls.crt")).unwrap()[0]);
+    for i in 0..IDENTITIES {
+        wait_identity(&env.ids, &format!("r{i}"), "on the new root", |o| {
+            ready(o)
+                && o.and_then(|o| o.status.as_ref()?.ca_fingerprint.clone()) == Some(signer.clone())
+        })
+        .await;
+    }
+    let client = env.ids.clone().into_client();
+    let authorities: Api<tlsid::api::TlsAuthority> = Api::all(client);
+    let name = authority_name(&env.ns);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = authorities.get_opt(&name).await.unwrap();
+        let status = a.and_then(|a| a.status).unwrap_or_default();
+        if status.signer.as_ref().map(|s| s.fingerprint.as_str()) == Some(signer.as_str()) {
+            assert_eq!(status.trigger.as_deref(), Some("Automatic"), "{status:?}");
+            assert_eq!(status.root_count, Some(2), "{status:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TlsAuthority does not show the new signer: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    fault_row(
+        "a generated root at its rotation point (--ca-lifetime 10m --ca-rotate-at 0.1)",
+        "rolled over by itself (trigger Automatic); every identity re-issued under the new root",
+    );
+}
+
+/// A CA the user supplied is never replaced: past its rotation point tlsid warns (an Event on the
+/// CA Secret, the TlsAuthority's CaExpiring condition, `tlsid_ca_expiring` 1) and starts nothing.
+#[tokio::test]
+async fn a_users_ca_past_its_rotation_point_only_warns() {
+    let cluster = cluster().await;
+    let client = cluster.client().await;
+    let ns = namespace(&client, "rollover-user-ca").await;
+    let now = jiff::Timestamp::now();
+    // Valid from 18 minutes ago to 4 minutes from now: past two thirds of its life.
+    let ca = Authority::generate_root_for(
+        now - jiff::SignedDuration::from_mins(16),
+        Duration::from_secs(20 * 60),
+    )
+    .unwrap();
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "tlsid-ca"},
+        "type": "kubernetes.io/tls",
+        "stringData": ca.to_secret_data().into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v).unwrap())).collect::<BTreeMap<_, _>>(),
+    }))
+    .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let env = setup_in(ns.clone()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while events(&client, &ns, "CaExpiringSoon").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no CaExpiringSoon Event"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(env.controller.metric("tlsid_ca_expiring").await, 1.0);
+    let s = secrets.get("tlsid-ca").await.unwrap();
+    assert!(
+        !s.annotations().contains_key("tlsid.dev/rollover-phase"),
+        "a user's CA is not rolled over by itself"
+    );
+    assert_eq!(
+        fingerprint(&parse_pem_certs(data(&s, "tls.crt")).unwrap()[0]),
+        ca.fingerprint()
+    );
+    let authorities: Api<tlsid::api::TlsAuthority> = Api::all(client.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = authorities
+            .get_opt(&authority_name(&ns))
+            .await
+            .unwrap()
+            .and_then(|a| a.status)
+            .unwrap_or_default();
+        if let Some(c) = status.conditions.iter().find(|c| c.type_ == "CaExpiring") {
+            assert_eq!(c.status, "True");
+            assert!(c.message.contains("never replaces it"), "{}", c.message);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no CaExpiring condition: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // One warning, not one per step.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(events(&client, &ns, "CaExpiringSoon").await, 1);
+    fault_row(
+        "a CA the user supplied, past its rotation point",
+        "never replaced; one Warning CaExpiringSoon, TlsAuthority condition CaExpiring, tlsid_ca_expiring 1",
+    );
 }

@@ -10,12 +10,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub mod authority;
 pub mod conditions;
 mod duration;
 mod lenient;
 mod policy;
 mod schema;
 
+pub use authority::{CaCertificate, TlsAuthority, TlsAuthorityStatus};
 pub use policy::{TlsIdentityPolicy, TlsIdentityPolicySpec};
 
 pub use duration::{DurationError, GoDuration, MAX_GO_DURATION};

@@ -75,6 +75,8 @@ pub struct Config {
     pub webhook: Option<webhook::WebhookConfig>,
     /// Run demo workloads (`spec.demo`); off, the install needs no RBAC for Deployments/Services.
     pub demo_workloads: bool,
+    /// Name of the TlsAuthority this install writes (the install's name by default).
+    pub authority: String,
     /// The CA rollover's settings.
     pub rollover: rollover::RolloverConfig,
 }

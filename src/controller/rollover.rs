@@ -11,15 +11,19 @@ use super::{
     leader::Role,
 };
 use crate::{
+    api::{CaCertificate, TlsAuthority, TlsAuthorityStatus, authority::TlsAuthoritySpec},
     api::{GoDuration, IDENTITY_LABEL, TRUST_BUNDLE_ANNOTATION, conditions::READY},
-    pki::{Authority, bundle_digest, fingerprint},
+    pki::{Authority, bundle_digest, fingerprint, not_after_of, subject_of},
     plan::{
         ca_state::CaState,
         rollover::{self, Action, Consumers, Mode, Phase, Request, Settings, Source, World},
     },
 };
 use futures::{SinkExt, channel::mpsc::Sender};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::{
+    api::core::v1::{Pod, Secret},
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
 use kube::{
     Api, ResourceExt,
     api::{DynamicObject, ListParams, PartialObjectMeta},
@@ -83,10 +87,7 @@ const BLOCKED: [&str; 4] = [
 ];
 
 fn count(ctx: &Context, state: &CaState) -> Counts {
-    let mut out = Counts {
-        longest_leaf: Duration::from_secs(24 * 3600),
-        ..Default::default()
-    };
+    let mut out = Counts::default();
     let Some(stores) = ctx.stores.get() else {
         return out;
     };
@@ -110,15 +111,20 @@ fn count(ctx: &Context, state: &CaState) -> Counts {
         if ready_reason.is_some_and(|r| BLOCKED.contains(&r)) {
             continue;
         }
-        if let Some(d) = obj
+        // A duration that does not parse is InvalidSpec (skipped above once reported); until
+        // then count the longest lifetime the API allows, so no old leaf outlives the horizon.
+        let duration = match obj
             .data
             .get("spec")
             .and_then(|s| s.get("duration"))
             .and_then(|d| d.as_str())
-            .and_then(|d| GoDuration(d.to_string()).parse().ok())
         {
-            out.longest_leaf = out.longest_leaf.max(d);
-        }
+            None => Duration::from_secs(crate::api::DEFAULT_DURATION_SECS),
+            Some(d) => GoDuration(d.to_string())
+                .parse()
+                .unwrap_or(Duration::from_secs(crate::api::MAX_DURATION_SECS)),
+        };
+        out.longest_leaf = out.longest_leaf.max(duration);
         if previous.is_some()
             && status
                 .and_then(|s| s.get("caFingerprint"))
@@ -241,6 +247,108 @@ async fn scrape(ip: &str, port: i32) -> std::io::Result<String> {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))?
 }
 
+/// How often the authority's status may be rewritten when only its counts changed.
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+
+fn cert_view(der: &[u8]) -> CaCertificate {
+    CaCertificate {
+        fingerprint: fingerprint(der),
+        subject: subject_of(der),
+        not_after: not_after_of(der).map(|t| t.to_string()).unwrap_or_default(),
+    }
+}
+
+/// The `TlsAuthority` status for what the leader sees now.
+fn authority_status(
+    state: &CaState,
+    step: &rollover::Step,
+    counts: &Counts,
+    previous: Option<&TlsAuthorityStatus>,
+    now: jiff::Timestamp,
+) -> TlsAuthorityStatus {
+    let r = &state.record;
+    let rolling = r.phase != Phase::Stable;
+    let mut conditions = Vec::new();
+    if step.expiring_user_ca {
+        let since = previous
+            .and_then(|p| p.conditions.iter().find(|c| c.type_ == "CaExpiring"))
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(now));
+        conditions.push(Condition {
+            type_: "CaExpiring".into(),
+            status: "True".into(),
+            reason: "CaExpiring".into(),
+            message: step.waiting_for.clone().unwrap_or_default(),
+            last_transition_time: since,
+            observed_generation: None,
+        });
+    }
+    TlsAuthorityStatus {
+        phase: Some(r.phase.as_str().into()),
+        phase_since: r.since.filter(|_| rolling).map(|t| t.to_string()),
+        mode: rolling.then(|| r.mode.as_str().to_string()),
+        trigger: r
+            .trigger
+            .filter(|_| rolling)
+            .map(|t| t.as_str().to_string()),
+        waiting_for: step.waiting_for.clone().filter(|_| rolling),
+        signer: Some(cert_view(state.current.signer_der())),
+        generated: Some(state.generated),
+        next: state.next.as_ref().map(|n| cert_view(n.signer_der())),
+        previous: state.previous.as_ref().map(|p| cert_view(&p.signer)),
+        roots: state.current.roots().iter().map(|r| cert_view(r)).collect(),
+        root_count: Some(state.current.roots().len() as i64),
+        leaves_on_previous: Some(i64::try_from(counts.leaves_on_previous).unwrap_or(i64::MAX)),
+        conditions,
+    }
+}
+
+/// Write the authority's status (creating the object first if needed). `known`: the status is
+/// known to be something else (written by this leader); otherwise it is read first and left
+/// alone when it already says this (a new leader, a restart: no write).
+async fn write_authority(
+    ctx: &Context,
+    status: &TlsAuthorityStatus,
+    known: bool,
+) -> anyhow::Result<()> {
+    let api: Api<TlsAuthority> = Api::all(ctx.client.clone());
+    let name = &ctx.config.authority;
+    let existing = if known {
+        None
+    } else {
+        api.get_opt(name).await?
+    };
+    if !known && existing.as_ref().and_then(|o| o.status.as_ref()) == Some(status) {
+        return Ok(());
+    }
+    if !known && existing.is_none() {
+        let mut obj = TlsAuthority::new(name, TlsAuthoritySpec {});
+        obj.metadata.labels = Some(std::collections::BTreeMap::from([(
+            crate::api::MANAGED_BY_LABEL.to_string(),
+            crate::api::MANAGED_BY_VALUE.to_string(),
+        )]));
+        ctx.metrics.wrote("authority");
+        match api.create(&ca::create_params(), &obj).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "tlsid.dev/v1alpha1",
+        "kind": "TlsAuthority",
+        "status": status,
+    });
+    ctx.metrics.wrote("authority");
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::apply(crate::api::FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Run the rollover for as long as the controller runs; only the leader acts.
 pub async fn run(ctx: Arc<Context>, mut changed: Sender<()>) {
     let api = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.config.namespace);
@@ -252,12 +360,15 @@ pub async fn run(ctx: Arc<Context>, mut changed: Sender<()>) {
     let mut warned_expiring: Option<String> = None;
     let mut last_waiting: Option<String> = None;
     let mut last_error: Option<String> = None;
+    // The authority status last written (by this replica, in this term) and when.
+    let mut written: Option<(TlsAuthorityStatus, std::time::Instant)> = None;
     loop {
         tokio::select! {
             _ = ctx.rollover_wake.notified() => {}
             _ = tokio::time::sleep(rollover::POLL) => {}
         }
         if ctx.leadership.role() != Role::Leader {
+            written = None;
             continue;
         }
         let Some(seen) = ctx.ca_seen() else { continue };
@@ -339,6 +450,22 @@ pub async fn run(ctx: Arc<Context>, mut changed: Sender<()>) {
             );
         }
         last_waiting = step.waiting_for.clone();
+        let status = authority_status(state, &step, &counts, written.as_ref().map(|(s, _)| s), now);
+        let due = match &written {
+            None => true,
+            Some((old, at)) => {
+                *old != status
+                    && (old.phase != status.phase
+                        || old.conditions != status.conditions
+                        || at.elapsed() >= STATUS_INTERVAL)
+            }
+        };
+        if due {
+            match write_authority(&ctx, &status, written.is_some()).await {
+                Ok(()) => written = Some((status, std::time::Instant::now())),
+                Err(e) => debug!(error = %e, "cannot write the TlsAuthority status; retrying"),
+            }
+        }
         if step.action == Action::Nothing {
             continue;
         }

@@ -52,6 +52,13 @@ pub fn not_after_of(der: &[u8]) -> Option<jiff::Timestamp> {
     Some(from_asn1(cert.validity().not_after))
 }
 
+/// The subject of a DER certificate (RFC 4514 string), empty if it does not parse.
+pub fn subject_of(der: &[u8]) -> String {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| c.subject().to_string())
+        .unwrap_or_default()
+}
+
 /// Short digest of a trust bundle's PEM, recorded on each identity Secret
 /// (`tlsid.dev/trust-bundle`) so that which Secrets hold the current bundle can be read from
 /// their metadata alone.

@@ -138,6 +138,7 @@ async fn install_crd(client: &Client) {
     for file in [
         "crds/tlsid.dev_tlsidentities.yaml",
         "crds/tlsid.dev_tlsidentitypolicies.yaml",
+        "crds/tlsid.dev_tlsauthorities.yaml",
     ] {
         let yaml = std::fs::read_to_string(repo().join(file)).expect("read crds/");
         let crd: CustomResourceDefinition =
@@ -387,6 +388,26 @@ pub struct Controller {
     pub log: PathBuf,
 }
 
+/// The TlsAuthority a test's controller writes: named after its log (the test's namespace, or
+/// that plus a replica suffix), cut to a DNS label.
+pub fn authority_name(log: &str) -> String {
+    let mut name: String = log
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    while name.ends_with('-') {
+        name.pop();
+    }
+    name
+}
+
 impl Controller {
     pub async fn start(cluster: &Cluster, ns: &str) -> Self {
         Self::start_with(cluster, ns, &["--watch-namespace", ns, "--namespace", ns]).await
@@ -409,6 +430,7 @@ impl Controller {
             .port();
         let logs = repo().join("target/test-logs");
         std::fs::create_dir_all(&logs).unwrap();
+        let authority = authority_name(log);
         let log = logs.join(format!("{log}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -418,6 +440,9 @@ impl Controller {
         let child = Command::new(env!("CARGO_BIN_EXE_tlsid"))
             .arg("controller")
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            // Every test's controller is an install named `tlsid` (the default, which serves
+            // unlabelled identities); each keeps a TlsAuthority of its own.
+            .args(["--authority", &authority])
             .args(args)
             .env("KUBECONFIG", &cluster.controller_kubeconfig)
             .env(
