@@ -218,12 +218,14 @@ cmd_check() {
   expect_rejected "an unknown log format" "/logFormat" --set logFormat=xml
   expect_rejected "an unknown name policy" "/names/policy" --set names.policy=open
   # Optional features' cluster-wide verbs exist only with the feature on.
-  if helm_template --set demo.enabled=false | grep -Eq 'resources: \["(deployments|services)"\]'; then
-    FAILED+=("demo.enabled=false still grants verbs on Deployments or Services")
+  if helm_template --set demo.enabled=false | grep -Eq 'resources: \["(deployments|services|pods)"\]'; then
+    FAILED+=("demo.enabled=false still grants verbs on Deployments, Services or Pods")
   elif ! helm_template | grep -q 'resources: \["deployments"\]'; then
     FAILED+=("the demo's Deployment verbs are missing with demo.enabled (the default)")
+  elif helm_template --set demo.enabled=false | grep -A1 'TLSID_OBSERVE_DEMO_TRUST' | grep -q '"true"'; then
+    FAILED+=("demo.enabled=false still asks the controller to observe demo pods")
   else
-    tlsid_log "ok: Deployment/Service verbs only with demo.enabled"
+    tlsid_log "ok: Deployment/Service/Pod verbs (and demo trust observation) only with demo.enabled"
   fi
   if helm_template --set webhook.enabled=false | grep -Eq 'ValidatingWebhookConfiguration|validatingwebhookconfigurations|TLSID_WEBHOOK'; then
     FAILED+=("webhook.enabled=false still renders the webhook or its RBAC")

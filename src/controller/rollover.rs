@@ -417,6 +417,8 @@ pub async fn run(ctx: Arc<Context>, mut changed: Sender<()>) {
             request: request.as_ref(),
             secrets_awaiting_bundle: counts.secrets_awaiting_bundle,
             consumers,
+            // tlsid restarts no workload yet: nothing to wait for here.
+            awaiting_restart: 0,
             leaves_on_previous: counts.leaves_on_previous,
             longest_leaf: counts.longest_leaf,
         };
@@ -477,6 +479,7 @@ pub async fn run(ctx: Arc<Context>, mut changed: Sender<()>) {
             &step.action,
             request.as_ref(),
             now,
+            counts.longest_leaf,
             &mut changed,
         )
         .await
@@ -495,6 +498,7 @@ async fn act(
     action: &Action,
     request: Option<&Request>,
     now: jiff::Timestamp,
+    longest_leaf: Duration,
     changed: &mut Sender<()>,
 ) -> anyhow::Result<()> {
     let mut action = action.clone();
@@ -519,6 +523,17 @@ async fn act(
         },
         _ => None,
     };
+    if let (Action::Begin { .. }, Some((ca, false))) = (&action, &next)
+        && let Some(why) = seen.state.refuse_next(
+            ca,
+            longest_leaf,
+            ctx.config.rollover.propagation_delay * 2,
+            now,
+        )
+    {
+        action = Action::Decline(why);
+    }
+    let next = next.filter(|_| matches!(action, Action::Begin { .. }));
     let record = rollover::next_record(&seen.state.record, &action, now, request);
     let state = seen.state.apply(&action, record, next, now)?;
     let secret = ca::ca_secret(name, &state, &seen.annotations);

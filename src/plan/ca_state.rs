@@ -188,6 +188,49 @@ impl CaState {
         }
     }
 
+    /// Why `next` cannot be the next CA, if it cannot: it must not share a subject with a
+    /// different certificate already trusted or signing (a peer holding the other one would
+    /// report a bad signature instead of an unknown issuer, and path building picks the wrong
+    /// one), and it must outlive the longest leaf it will sign plus `margin`.
+    pub fn refuse_next(
+        &self,
+        next: &Authority,
+        longest_leaf: std::time::Duration,
+        margin: std::time::Duration,
+        now: jiff::Timestamp,
+    ) -> Option<String> {
+        use crate::pki::subject_of;
+        let mut trusted: Vec<Vec<u8>> = vec![self.current.signer_der().to_vec()];
+        trusted.extend(self.current.roots().iter().cloned());
+        let mut theirs: Vec<Vec<u8>> = vec![next.signer_der().to_vec()];
+        theirs.extend(next.anchors().iter().cloned());
+        for t in &theirs {
+            for o in &trusted {
+                if t != o && subject_of(t) == subject_of(o) {
+                    return Some(format!(
+                        "the next CA's certificate {:?} has the same subject as a different certificate already in use; give it a distinct subject",
+                        subject_of(t)
+                    ));
+                }
+            }
+        }
+        let horizon = now
+            .checked_add(
+                jiff::SignedDuration::try_from(longest_leaf + margin)
+                    .unwrap_or(jiff::SignedDuration::MAX),
+            )
+            .unwrap_or(jiff::Timestamp::MAX);
+        if next.not_after() < horizon {
+            return Some(format!(
+                "the next CA expires at {}, before a certificate of the longest lifetime served ({} s) issued now would (with {} s of margin); supply a CA that lasts longer",
+                next.not_after(),
+                longest_leaf.as_secs(),
+                margin.as_secs()
+            ));
+        }
+        None
+    }
+
     /// The roots the next CA adds to the bundle.
     fn new_roots(&self, next: &Authority) -> Vec<Vec<u8>> {
         next.anchors()
@@ -357,6 +400,52 @@ mod tests {
             .unwrap();
         assert!(!s1.record.new_trust);
         assert_eq!(s1.current.roots().len(), 1);
+    }
+
+    fn root_named(cn: &str, now: jiff::Timestamp, days: i64) -> Authority {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        params.not_before =
+            time::OffsetDateTime::from_unix_timestamp(now.as_second() - 60).unwrap();
+        params.not_after =
+            time::OffsetDateTime::from_unix_timestamp(now.as_second() + days * 86400).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Authority::from_pem(
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+            None,
+            now,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_next_ca_must_have_its_own_subject_and_outlive_the_leaves() {
+        let day = std::time::Duration::from_secs(86400);
+        let s = CaState::stable(root_named("corp CA", now(), 365), false);
+        let same_name = root_named("corp CA", now(), 365);
+        assert!(
+            s.refuse_next(&same_name, day, day, now())
+                .unwrap()
+                .contains("same subject")
+        );
+        let short = root_named("corp CA 2", now(), 1);
+        assert!(
+            s.refuse_next(&short, day, day, now())
+                .unwrap()
+                .contains("before a certificate of the longest lifetime")
+        );
+        let good = root_named("corp CA 2", now(), 365);
+        assert_eq!(s.refuse_next(&good, day, day, now()), None);
+        // The same CA handed back (an intermediate-only change under a trusted root) is fine.
+        let data = s.current.to_secret_data();
+        let again = Authority::from_pem(&data["tls.crt"], &data["tls.key"], None, now()).unwrap();
+        assert_eq!(s.refuse_next(&again, day, day, now()), None);
     }
 
     #[test]

@@ -297,6 +297,10 @@ pub struct World<'a> {
     /// Identity Secrets (of identities being served) whose `ca.crt` is not the CA's bundle.
     pub secrets_awaiting_bundle: u64,
     pub consumers: Consumers,
+    /// Workloads that load certificates only at start and have not yet restarted onto the
+    /// bundle with the next root (the gate of restart orchestration; 0 while tlsid restarts no
+    /// workload).
+    pub awaiting_restart: u64,
     /// Identities whose current leaf the previous CA signed.
     pub leaves_on_previous: u64,
     /// The longest lifetime any served identity asks for.
@@ -505,6 +509,15 @@ pub fn step(w: &World<'_>, s: &Settings) -> Step {
                     poll,
                 );
             }
+            if w.awaiting_restart > 0 {
+                return Step::wait(
+                    format!(
+                        "{} workload(s) that load certificates only at start to restart with the next root",
+                        w.awaiting_restart
+                    ),
+                    poll,
+                );
+            }
             Step::act(Action::Switch {
                 old_leaves_until: old_leaves_until(w, r.mode),
             })
@@ -593,7 +606,9 @@ pub fn next_record(
         Action::Escalate => out.mode = Mode::Emergency,
         Action::Decline(_) => {}
     }
-    if let Some(req) = request
+    // A hand edit is not a `tlsid.dev/rotate` request: recording it as answered would make an
+    // older request look unanswered again.
+    if let Some(req) = request.filter(|r| r.source != Source::Edited)
         && matches!(
             action,
             Action::Begin { .. } | Action::Escalate | Action::Decline(_)

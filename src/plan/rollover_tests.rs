@@ -36,6 +36,7 @@ fn world<'a>(now: i64, record: &'a Record, current: &'a CaFacts) -> World<'a> {
         request: None,
         secrets_awaiting_bundle: 0,
         consumers: Consumers::default(),
+        awaiting_restart: 0,
         leaves_on_previous: 0,
         longest_leaf: Duration::from_secs(3600),
     }
@@ -143,6 +144,14 @@ fn single_steps() {
             .starts_with("1 of 4 demo pod(s)")
     );
     w.consumers.trusting_next = 4;
+    w.awaiting_restart = 2;
+    assert!(
+        step(&w, &s)
+            .waiting_for
+            .unwrap()
+            .starts_with("2 workload(s) that load certificates only at start")
+    );
+    w.awaiting_restart = 0;
     assert_eq!(
         step(&w, &s).action,
         Action::Switch {
@@ -191,6 +200,37 @@ fn single_steps() {
     // A leaf of the previous CA seen again (a restored Secret) goes back to Switch.
     w.leaves_on_previous = 1;
     assert_eq!(step(&w, &s).action, Action::Enter(Phase::Switch));
+}
+
+#[test]
+fn a_hand_edit_does_not_answer_a_rotate_request() {
+    let r = Record {
+        handled_request: Some("7".into()),
+        ..Record::default()
+    };
+    let edit = Request {
+        token: String::new(),
+        source: Source::Edited,
+        mode: Mode::Normal,
+    };
+    let begin = Action::Begin {
+        trigger: Trigger::SecretEdited,
+        mode: Mode::Normal,
+        source: Source::Edited,
+    };
+    assert_eq!(
+        next_record(&r, &begin, t(1), Some(&edit)).handled_request,
+        Some("7".into())
+    );
+    let asked = Request {
+        token: "8".into(),
+        source: Source::Generate,
+        mode: Mode::Normal,
+    };
+    assert_eq!(
+        next_record(&r, &begin, t(1), Some(&asked)).handled_request,
+        Some("8".into())
+    );
 }
 
 #[test]
@@ -417,6 +457,7 @@ impl Model {
                 total: self.secrets.len() as u64,
                 trusting_next,
             },
+            awaiting_restart: 0,
             leaves_on_previous,
             longest_leaf: Duration::from_secs(self.leaf_life as u64),
         };
