@@ -5,13 +5,9 @@
 
 use crate::{
     api::TlsIdentity,
-    pki::{fingerprint, not_after_of},
-    plan::{
-        ca_state::CaState,
-        rollover::{
-            Phase, ROTATE_ANNOTATION, ROTATE_FROM_ANNOTATION, ROTATE_HANDLED_ANNOTATION,
-            ROTATE_MODE_ANNOTATION,
-        },
+    plan::rollover::{
+        ROTATE_ANNOTATION, ROTATE_FROM_ANNOTATION, ROTATE_HANDLED_ANNOTATION,
+        ROTATE_MODE_ANNOTATION,
     },
 };
 use anyhow::{Context as _, bail};
@@ -22,8 +18,6 @@ use kube::{
     config::KubeConfigOptions,
 };
 use serde::Serialize;
-use std::collections::BTreeMap;
-use x509_parser::prelude::*;
 
 /// Where the install lives and how to reach the cluster.
 #[derive(Clone, Debug, clap::Args)]
@@ -71,44 +65,19 @@ pub async fn client(target: &Target) -> anyhow::Result<Client> {
     Client::try_from(config).context("building a Kubernetes client")
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CertView {
-    pub fingerprint: String,
-    pub subject: String,
-    pub not_after: String,
-}
-
+/// What `tlsid ca status` shows: the CA Secret's state (the fields of a TlsAuthority's status),
+/// counted from the identities, and the CA Secret's recent Events.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CaStatus {
     pub secret: String,
-    pub phase: String,
-    pub since: Option<String>,
-    pub mode: Option<String>,
-    pub trigger: Option<String>,
-    pub generated: bool,
-    pub signer: CertView,
-    pub next: Option<CertView>,
-    pub previous: Option<CertView>,
-    pub roots: Vec<CertView>,
+    #[serde(flatten)]
+    pub state: crate::api::TlsAuthorityStatus,
     /// Identities by the CA that signed their current certificate.
     pub leaves_on_signer: u64,
-    pub leaves_on_previous: u64,
     pub leaves_on_other: u64,
     pub pending_request: Option<String>,
     pub recent_events: Vec<String>,
-}
-
-fn view(der: &[u8]) -> CertView {
-    let subject = parse_x509_certificate(der)
-        .map(|(_, c)| c.subject().to_string())
-        .unwrap_or_default();
-    CertView {
-        fingerprint: fingerprint(der),
-        subject,
-        not_after: not_after_of(der).map(|t| t.to_string()).unwrap_or_default(),
-    }
 }
 
 /// `tlsid ca status`.
@@ -121,15 +90,9 @@ pub async fn ca_status(target: &Target) -> anyhow::Result<CaStatus> {
             target.ca_secret, target.install_namespace
         )
     })?;
-    let data: BTreeMap<&str, &[u8]> = secret
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.as_str(), v.0.as_slice()))
-        .collect();
-    let annotations = secret.annotations().clone();
-    let (state, provenance) = CaState::parse(&data, &annotations, jiff::Timestamp::now())
-        .map_err(|e| anyhow::anyhow!("the CA Secret is not usable: {e}"))?;
+    let (state, provenance) =
+        crate::controller::ca::parse_ca_secret(&secret, jiff::Timestamp::now())
+            .map_err(|e| anyhow::anyhow!("the CA Secret is not usable: {e}"))?;
     // Untyped: one object the controller cannot read either must not stop the count.
     let ar = kube::api::ApiResource::erase::<TlsIdentity>(&());
     let identities: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
@@ -183,24 +146,13 @@ pub async fn ca_status(target: &Target) -> anyhow::Result<CaStatus> {
             )
         })
         .collect();
-    let r = &state.record;
-    let rolling = r.phase != Phase::Stable;
     Ok(CaStatus {
         secret: format!("{}/{}", target.install_namespace, target.ca_secret),
-        phase: r.phase.as_str().into(),
-        since: r.since.filter(|_| rolling).map(|t| t.to_string()),
-        mode: rolling.then(|| r.mode.as_str().to_string()),
-        trigger: r
-            .trigger
-            .filter(|_| rolling)
-            .map(|t| t.as_str().to_string()),
-        generated: state.generated,
-        signer: view(state.current.signer_der()),
-        next: state.next.as_ref().map(|n| view(n.signer_der())),
-        previous: state.previous.as_ref().map(|p| view(&p.signer)),
-        roots: state.current.roots().iter().map(|r| view(r)).collect(),
+        state: crate::api::TlsAuthorityStatus {
+            leaves_on_previous: Some(on_previous),
+            ..state.summary()
+        },
         leaves_on_signer: on_signer,
-        leaves_on_previous: on_previous,
         leaves_on_other: on_other,
         pending_request: provenance.request.map(|r| r.token),
         recent_events,
@@ -211,7 +163,8 @@ pub async fn ca_status(target: &Target) -> anyhow::Result<CaStatus> {
 pub fn render_status(s: &CaStatus) -> String {
     use std::fmt::Write;
     let mut o = String::new();
-    let cert = |c: &CertView| {
+    let st = &s.state;
+    let cert = |c: &crate::api::CaCertificate| {
         format!(
             "{} (sha256 {}…), expires {}",
             c.subject,
@@ -220,35 +173,43 @@ pub fn render_status(s: &CaStatus) -> String {
         )
     };
     let _ = writeln!(o, "CA Secret:  {}", s.secret);
-    let mut phase = s.phase.clone();
-    if let (Some(mode), Some(trigger)) = (&s.mode, &s.trigger) {
+    let mut phase = st.phase.clone().unwrap_or_default();
+    if let (Some(mode), Some(trigger)) = (&st.mode, &st.trigger) {
         let _ = write!(phase, " ({mode}, {trigger}");
-        if let Some(since) = &s.since {
+        if let Some(since) = &st.phase_since {
             let _ = write!(phase, ", since {since}");
         }
         phase.push(')');
     }
     let _ = writeln!(o, "Phase:      {phase}");
-    let _ = writeln!(
-        o,
-        "Signer:     {}{}",
-        cert(&s.signer),
-        if s.generated { " [generated]" } else { "" }
-    );
-    if let Some(n) = &s.next {
+    if let Some(signer) = &st.signer {
+        let _ = writeln!(
+            o,
+            "Signer:     {}{}",
+            cert(signer),
+            if st.generated == Some(true) {
+                " [generated]"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(n) = &st.next {
         let _ = writeln!(o, "Next:       {}", cert(n));
     }
-    if let Some(p) = &s.previous {
+    if let Some(p) = &st.previous {
         let _ = writeln!(o, "Previous:   {}", cert(p));
     }
-    let _ = writeln!(o, "Trust bundle ({} root(s)):", s.roots.len());
-    for r in &s.roots {
+    let _ = writeln!(o, "Trust bundle ({} root(s)):", st.roots.len());
+    for r in &st.roots {
         let _ = writeln!(o, "  - {}", cert(r));
     }
     let _ = writeln!(
         o,
         "Leaves:     {} on the signer, {} on the previous CA, {} on another CA",
-        s.leaves_on_signer, s.leaves_on_previous, s.leaves_on_other
+        s.leaves_on_signer,
+        st.leaves_on_previous.unwrap_or_default(),
+        s.leaves_on_other
     );
     if let Some(r) = &s.pending_request {
         let _ = writeln!(

@@ -65,14 +65,8 @@ pub fn seen_from_secret(
     held: Option<&SeenCa>,
     now: jiff::Timestamp,
 ) -> Result<SeenCa, CaError> {
-    let data: BTreeMap<&str, &[u8]> = secret
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.as_str(), v.0.as_slice()))
-        .collect();
     let annotations = secret.metadata.annotations.clone().unwrap_or_default();
-    let (state, provenance) = CaState::parse(&data, &annotations, now)?;
+    let (state, provenance) = parse_ca_secret(secret, now)?;
     let resource_version = secret.metadata.resource_version.clone();
     if let Some(held) = held {
         let signer = state.current.fingerprint();
@@ -95,6 +89,21 @@ pub fn seen_from_secret(
         resource_version,
         annotations,
     })
+}
+
+/// The whole state a CA Secret holds (signer, bundle, rollover), and how it was written.
+pub fn parse_ca_secret(
+    secret: &Secret,
+    now: jiff::Timestamp,
+) -> Result<(CaState, crate::plan::ca_state::Provenance), CaError> {
+    let data: BTreeMap<&str, &[u8]> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.0.as_slice()))
+        .collect();
+    let annotations = secret.metadata.annotations.clone().unwrap_or_default();
+    CaState::parse(&data, &annotations, now)
 }
 
 /// The CA Secret holding `state`; the annotations of `base` that tlsid does not own are kept.

@@ -11,9 +11,9 @@ use super::{
     leader::Role,
 };
 use crate::{
-    api::{CaCertificate, TlsAuthority, TlsAuthorityStatus, authority::TlsAuthoritySpec},
     api::{GoDuration, IDENTITY_LABEL, TRUST_BUNDLE_ANNOTATION, conditions::READY},
-    pki::{Authority, bundle_digest, fingerprint, not_after_of, subject_of},
+    api::{TlsAuthority, TlsAuthorityStatus, authority::TlsAuthoritySpec},
+    pki::{Authority, bundle_digest, fingerprint},
     plan::{
         ca_state::CaState,
         rollover::{self, Action, Consumers, Mode, Phase, Request, Settings, Source, World},
@@ -250,14 +250,6 @@ async fn scrape(ip: &str, port: i32) -> std::io::Result<String> {
 /// How often the authority's status may be rewritten when only its counts changed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
-fn cert_view(der: &[u8]) -> CaCertificate {
-    CaCertificate {
-        fingerprint: fingerprint(der),
-        subject: subject_of(der),
-        not_after: not_after_of(der).map(|t| t.to_string()).unwrap_or_default(),
-    }
-}
-
 /// The `TlsAuthority` status for what the leader sees now.
 fn authority_status(
     state: &CaState,
@@ -284,22 +276,10 @@ fn authority_status(
         });
     }
     TlsAuthorityStatus {
-        phase: Some(r.phase.as_str().into()),
-        phase_since: r.since.filter(|_| rolling).map(|t| t.to_string()),
-        mode: rolling.then(|| r.mode.as_str().to_string()),
-        trigger: r
-            .trigger
-            .filter(|_| rolling)
-            .map(|t| t.as_str().to_string()),
         waiting_for: step.waiting_for.clone().filter(|_| rolling),
-        signer: Some(cert_view(state.current.signer_der())),
-        generated: Some(state.generated),
-        next: state.next.as_ref().map(|n| cert_view(n.signer_der())),
-        previous: state.previous.as_ref().map(|p| cert_view(&p.signer)),
-        roots: state.current.roots().iter().map(|r| cert_view(r)).collect(),
-        root_count: Some(state.current.roots().len() as i64),
         leaves_on_previous: Some(i64::try_from(counts.leaves_on_previous).unwrap_or(i64::MAX)),
         conditions,
+        ..state.summary()
     }
 }
 

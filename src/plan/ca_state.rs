@@ -16,6 +16,17 @@ use super::rollover::{
 use crate::pki::{Authority, CaError, certs_to_pem, fingerprint, parse_pem_certs};
 use std::{collections::BTreeMap, sync::Arc};
 
+/// One CA certificate, as status and the CLI show it.
+pub fn cert_view(der: &[u8]) -> crate::api::CaCertificate {
+    crate::api::CaCertificate {
+        fingerprint: fingerprint(der),
+        subject: crate::pki::subject_of(der),
+        not_after: crate::pki::not_after_of(der)
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+    }
+}
+
 /// `"true"` on a CA Secret whose next CA tlsid generated.
 pub const NEXT_GENERATED_ANNOTATION: &str = "tlsid.dev/next-ca-generated";
 
@@ -177,6 +188,29 @@ impl CaState {
             (self.next.is_some() && self.next_generated).then(|| "true".to_string()),
         );
         out
+    }
+
+    /// What the state says about itself, as `TlsAuthority` status fields (the controller adds
+    /// what it counted and waits for; `tlsid ca status` prints the same).
+    pub fn summary(&self) -> crate::api::TlsAuthorityStatus {
+        let r = &self.record;
+        let rolling = r.phase != super::rollover::Phase::Stable;
+        crate::api::TlsAuthorityStatus {
+            phase: Some(r.phase.as_str().into()),
+            phase_since: r.since.filter(|_| rolling).map(|t| t.to_string()),
+            mode: rolling.then(|| r.mode.as_str().to_string()),
+            trigger: r
+                .trigger
+                .filter(|_| rolling)
+                .map(|t| t.as_str().to_string()),
+            signer: Some(cert_view(self.current.signer_der())),
+            generated: Some(self.generated),
+            next: self.next.as_ref().map(|n| cert_view(n.signer_der())),
+            previous: self.previous.as_ref().map(|p| cert_view(&p.signer)),
+            roots: self.current.roots().iter().map(|r| cert_view(r)).collect(),
+            root_count: Some(self.current.roots().len() as i64),
+            ..Default::default()
+        }
     }
 
     pub fn facts(ca: &Authority, generated: bool) -> CaFacts {

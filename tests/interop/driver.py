@@ -945,6 +945,15 @@ def run_rollover(st, agents, servers, server_stacks, client_stacks, version, cas
     return out
 
 
+def append_notes(L, notes):
+    """The cells a stack cannot run, each with its reason, under a "Not supported" heading."""
+    if notes:
+        L.append("Not supported:\n")
+        for text, k in notes.items():
+            L.append(f"- [{k}] {text}")
+        L.append("")
+
+
 def render_rollover(cells, st, cases, rollover, server_stacks, client_stacks, version, secs):
     L = []
     ran = [c for c in cells if c.status != "n/a"]
@@ -992,11 +1001,7 @@ def render_rollover(cells, st, cases, rollover, server_stacks, client_stacks, ve
                     row.append(mark(c) if c else "")
                 L.append("| " + " | ".join(row) + " |")
         L.append("")
-    if notes:
-        L.append("Not supported:\n")
-        for text, k in notes.items():
-            L.append(f"- [{k}] {text}")
-        L.append("")
+    append_notes(L, notes)
     fails = [c for c in cells if c.status == "FAIL"]
     if fails:
         L.append("### Rollover failures\n")
@@ -1067,11 +1072,7 @@ def render(cells, negs, st, matrix_ids, server_stacks, client_stacks, versions, 
                     row.append(mark(cell) if cell else "")
             L.append("| " + " | ".join(row) + " |")
         L.append("")
-    if notes:
-        L.append("Not supported:\n")
-        for text, k in notes.items():
-            L.append(f"- [{k}] {text}")
-        L.append("")
+    append_notes(L, notes)
     fails = [c for c in cells if c.status == "FAIL"]
     if fails:
         L.append("### Failures\n")
