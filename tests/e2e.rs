@@ -1,5 +1,5 @@
 //! End to end on a real node: the chart's controller, the mTLS demo pods it runs, a rotation under
-//! load, an impostor, and a CA rollover under load. Driven by `hack/e2e.sh` (a
+//! load, an impostor, and a CA rollover under load with its control. Driven by `hack/e2e.sh` (a
 //! stage of `make test`), which starts the node cluster, loads the image, installs the chart with
 //! helm, runs this, then uninstalls and checks for orphans. A plain `cargo test` does not build
 //! this target (`test = false` in Cargo.toml); run on its own it needs:
@@ -8,7 +8,9 @@
 //! - `TLSID_E2E_KUBELET_SYNC_FREQUENCY` (default `1m`, the kubelet's): the node's
 //!   `syncFrequency`, which bounds how soon a renewed Secret reaches the pods;
 //! - `TLSID_E2E_TRUST_PROPAGATION_DELAY` (default `5m`, the chart's): the install's
-//!   `ca.trustPropagationDelay`, which bounds how long a CA rollover takes.
+//!   `ca.trustPropagationDelay`, restored after the rollover's control;
+//! - `TLSID_E2E_HELM` (default `helm`): the helm that installed the chart (the control upgrades
+//!   the release).
 //!
 //! Everything asserted is read from the pods themselves: their `/metrics` through the apiserver's
 //! pod proxy, and their logs. It prints the figures it saw at the end.
@@ -25,6 +27,7 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::Deployment,
+    coordination::v1::Lease,
     core::v1::{Pod, Secret},
 };
 use kube::{
@@ -41,7 +44,7 @@ use kube::{
     },
 };
 use tlsid::{
-    api::{RENEW_ANNOTATION, TlsIdentity},
+    api::{DEMO_TRUST_LAG_ANNOTATION, RENEW_ANNOTATION, TlsIdentity},
     pki::{fingerprint, parse_pem_certs},
     plan::rollover::{PHASE_ANNOTATION, ROTATE_HANDLED_ANNOTATION},
 };
@@ -59,7 +62,11 @@ const FIELD_MANAGER: &str = "tlsid-e2e";
 const TIMEOUT: Duration = Duration::from_secs(90);
 /// Successful exchanges with the new certificates on both sides before the window closes.
 const AFTER_ROTATION: f64 = 3.0;
+const RELEASE: &str = "tlsid";
 const CA_SECRET: &str = "tlsid-ca";
+/// The control's deliberately slow consumer: the demo client verifies with a new `ca.crt` only
+/// this long after it first saw it.
+const CONTROL_TRUST_LAG: Duration = Duration::from_secs(90);
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -421,11 +428,12 @@ async fn mtls_demo_on_a_real_node() {
         strip_ansi(&refused_line)
     ));
 
-    // The demo's counters so far.
+    // The demo's counters so far (the control below replaces the client pod).
     let end = Window::scrape(&e2e, &server, &client).await;
 
-    // === a CA rollover under load ===
+    // === a CA rollover under load, and its control ===
     let rollover = ca_rollover_under_load(&e2e, &server, &client).await;
+    let control = control_without_gates(&e2e, &server, &client).await;
 
     // === figures ===
     println!("\n=== e2e figures ===");
@@ -455,6 +463,7 @@ async fn mtls_demo_on_a_real_node() {
     );
     println!("impostor: {rejected} handshakes rejected by the server (UnknownIssuer), 0 accepted");
     println!("{rollover}");
+    println!("{control}");
     println!("total {:.0?}", started.elapsed());
 }
 
@@ -604,6 +613,170 @@ async fn ca_rollover_under_load(e2e: &E2e, server: &Pod, client: &Pod) -> Rollov
     }
 }
 
+/// The control: the same rollover with every gate off (propagation delay zero, demo pods not
+/// observed) and a client that adopts new trust only `CONTROL_TRUST_LAG` after it sees it. Its
+/// handshakes must fail, or this e2e could not see a broken rollover. Then everything is put back:
+/// the client without a lag, the install's own settings, handshakes succeeding both ways.
+async fn control_without_gates(e2e: &E2e, server: &Pod, client: &Pod) -> Control {
+    let started = Instant::now();
+    e2e.helm_upgrade(&[
+        "ca.trustPropagationDelay=0s".into(),
+        "ca.observeDemoTrust=false".into(),
+    ])
+    .await;
+    // `helm upgrade --wait` returns once the new pods are ready; the old leader may still lead,
+    // and a rollover it took up would run with the gates on.
+    e2e.wait_leader_with(&[
+        ("TLSID_TRUST_PROPAGATION_DELAY", "0s"),
+        ("TLSID_OBSERVE_DEMO_TRUST", "false"),
+    ])
+    .await;
+    let lag = format!("{}s", CONTROL_TRUST_LAG.as_secs());
+    e2e.set_demo_trust_lag(CLIENT, Some(&lag)).await;
+    let lagging = e2e.replaced_pod("demo-client", CLIENT, client).await;
+    let args = lagging
+        .spec
+        .as_ref()
+        .map(|s| {
+            s.containers
+                .iter()
+                .flat_map(|c| c.args.clone().unwrap_or_default())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert!(
+        args.windows(2).any(
+            |a| a[0] == "--trust-lag" && a[1] == format!("{}ms", CONTROL_TRUST_LAG.as_millis())
+        ),
+        "the demo client does not run with --trust-lag {lag}: {args:?}"
+    );
+    e2e.eventually("the lagging client handshaking", TIMEOUT, || async {
+        let c = e2e.scrape(&lagging).await?;
+        (c.handshakes("client", "success") > 0.0).then_some(())
+    })
+    .await;
+    let setup = started.elapsed();
+
+    let ca_before = e2e.ca_secret().await;
+    let before = Window::scrape(e2e, server, &lagging).await;
+    let requested = Instant::now();
+    let said = e2e.tlsid(&["ca", "rotate", "--emergency", "--wait"]).await;
+    // Why a failure must come, and within this bound. With the gates off the switch follows the
+    // request within a few of the controller's 2 s steps (Publish only waits for the identity
+    // Secrets to be written); the server's Secret then reaches its files within the kubelet's
+    // delivery bound and it presents a leaf of the new CA at its next 1 s reload; the client tries
+    // every 2 s. The client saw the new bundle no earlier than the request, so it verifies with
+    // the old root alone until at least CONTROL_TRUST_LAG after the request: every attempt from
+    // the server's reload to then fails (UnknownIssuer), and that span lies inside the bound.
+    let bound = e2e.delivery_bound() + Duration::from_secs(15);
+    assert!(
+        bound + Duration::from_secs(15) < CONTROL_TRUST_LAG,
+        "the control's trust lag ({CONTROL_TRUST_LAG:?}) must outlast its bound ({bound:?})"
+    );
+    let failing = e2e
+        .eventually(
+            "the lagging client failing handshakes (the control)",
+            bound,
+            || async {
+                let c = e2e.scrape(&lagging).await?;
+                (c.handshakes("client", "failure") > before.client.handshakes("client", "failure"))
+                    .then_some(c)
+            },
+        )
+        .await;
+    let first_failure = requested.elapsed();
+    let failing_log = e2e.log(&lagging).await;
+    let failure_line = assert_log(
+        &failing_log,
+        &["mTLS handshake failed", "role=client", "UnknownIssuer"],
+    );
+    // Let it fail a little longer: failures, not one unlucky attempt.
+    let failures_at_first = failing.handshakes("client", "failure");
+    e2e.eventually("a second failed handshake", TIMEOUT, || async {
+        let c = e2e.scrape(&lagging).await?;
+        (c.handshakes("client", "failure") > failures_at_first).then_some(())
+    })
+    .await;
+    let window = Window::scrape(e2e, server, &lagging).await.since(&before);
+    step(&format!(
+        "control ({}; gates off, client --trust-lag {lag}): first failed handshake {first_failure:.1?} after \
+         the request, {} client and {} server handshakes failed; the client logged:\n    {}",
+        said.trim(),
+        window.client_failed,
+        window.server_failed,
+        strip_ansi(&failure_line)
+    ));
+
+    // === restore ===
+    let restoring = Instant::now();
+    let (ca, _) = e2e.follow_rollover(&ca_before, e2e.rollover_limit()).await;
+    let new_root = signer_of(&ca);
+    let restore = [
+        format!("ca.trustPropagationDelay={}", e2e.propagation_delay_value),
+        "ca.observeDemoTrust=true".into(),
+    ];
+    let ((), restored) = tokio::join!(e2e.helm_upgrade(&restore), async {
+        e2e.set_demo_trust_lag(CLIENT, None).await;
+        e2e.replaced_pod("demo-client", CLIENT, &lagging).await
+    });
+    e2e.wait_leader_with(&[
+        (
+            "TLSID_TRUST_PROPAGATION_DELAY",
+            e2e.propagation_delay_value.as_str(),
+        ),
+        ("TLSID_OBSERVE_DEMO_TRUST", "true"),
+    ])
+    .await;
+    let only_new = BTreeSet::from([new_root.clone()]);
+    let c = e2e
+        .eventually(
+            "both demo pods trusting only the control's new root",
+            e2e.delivery_bound(),
+            || async {
+                let (s, c) = (e2e.scrape(server).await?, e2e.scrape(&restored).await?);
+                (s.trusted_roots() == only_new && c.trusted_roots() == only_new).then_some(c)
+            },
+        )
+        .await;
+    let after_restore = Window::scrape(e2e, server, &restored).await;
+    let c_ok = c.handshakes("client", "success");
+    e2e.eventually(
+        "handshakes succeeding again after the control",
+        TIMEOUT,
+        || async {
+            let c = e2e.scrape(&restored).await?;
+            (c.handshakes("client", "success") >= c_ok + AFTER_ROTATION).then_some(())
+        },
+    )
+    .await;
+    let again = Window::scrape(e2e, server, &restored)
+        .await
+        .since(&after_restore);
+    assert_eq!(
+        (
+            again.server_failed,
+            again.client_failed,
+            again.client_unreachable
+        ),
+        (0.0, 0.0, 0.0),
+        "failures after the control was undone (server handshakes, client handshakes, client connects)"
+    );
+    let restored_in = restoring.elapsed();
+    step(&format!(
+        "control undone in {restored_in:.1?}: client without a lag, {RELEASE} back to \
+         ca.trustPropagationDelay={} and ca.observeDemoTrust=true, {} exchanges since, 0 failures",
+        e2e.propagation_delay_value,
+        again.client_attempted()
+    ));
+    Control {
+        setup,
+        first_failure,
+        window,
+        restored_in,
+        total: started.elapsed(),
+    }
+}
+
 /// What the rollover step saw.
 struct Rollover {
     phases: Phases,
@@ -629,6 +802,33 @@ impl fmt::Display for Rollover {
             self.window.client_unreachable,
             self.window.server_ok,
             self.window.server_failed,
+        )
+    }
+}
+
+/// What the control saw.
+struct Control {
+    setup: Duration,
+    first_failure: Duration,
+    window: Delta,
+    restored_in: Duration,
+    total: Duration,
+}
+
+impl fmt::Display for Control {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "control (gates off, client --trust-lag {:?}): first failed handshake {:.1?} after the request; \
+             {} client and {} server handshakes failed in {:.1} s; set up {:.1?}, undone {:.1?}, {:.1?} in all",
+            CONTROL_TRUST_LAG,
+            self.first_failure,
+            self.window.client_failed,
+            self.window.server_failed,
+            self.window.seconds,
+            self.setup,
+            self.restored_in,
+            self.total,
         )
     }
 }
@@ -776,9 +976,11 @@ fn reload_delay(log: &str, old: &str, new: &str, requested: jiff::Timestamp) -> 
 struct E2e {
     client: Client,
     sync_frequency: Duration,
-    /// For the commands this runs (`tlsid ca ...`).
+    /// For the commands this runs (`tlsid ca ...`, `helm upgrade`).
     kubeconfig: PathBuf,
-    /// The install's `ca.trustPropagationDelay`.
+    helm: PathBuf,
+    /// The install's `ca.trustPropagationDelay`, as given to helm and as a duration.
+    propagation_delay_value: String,
     propagation_delay: Duration,
 }
 
@@ -798,6 +1000,7 @@ impl E2e {
             std::env::var("TLSID_E2E_TRUST_PROPAGATION_DELAY").unwrap_or_else(|_| "5m".into());
         let propagation_delay = tlsid::demo::parse_duration(&propagation_delay_value)
             .expect("TLSID_E2E_TRUST_PROPAGATION_DELAY");
+        let helm = std::env::var_os("TLSID_E2E_HELM").map_or_else(|| "helm".into(), PathBuf::from);
         let kubeconfig = Kubeconfig::read_from(&path).expect("read TLSID_E2E_KUBECONFIG");
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
@@ -806,6 +1009,8 @@ impl E2e {
             client: Client::try_from(config).expect("client"),
             sync_frequency,
             kubeconfig: path.into(),
+            helm,
+            propagation_delay_value,
             propagation_delay,
         }
     }
@@ -872,6 +1077,50 @@ impl E2e {
         run(cmd, format!("tlsid {}", args.join(" "))).await
     }
 
+    /// `helm upgrade` of the install with the values it has and `sets`, waiting for the rollout.
+    async fn helm_upgrade(&self, sets: &[String]) {
+        let mut cmd = std::process::Command::new(&self.helm);
+        cmd.args(["upgrade", RELEASE])
+            .arg(repo().join("charts/tlsid"))
+            .args(["--namespace", SYSTEM_NS, "--reuse-values", "--wait"])
+            .args(["--timeout", "120s"])
+            .env("KUBECONFIG", &self.kubeconfig);
+        for set in sets {
+            cmd.args(["--set", set]);
+        }
+        run(cmd, format!("helm upgrade --set {}", sets.join(" --set "))).await;
+    }
+
+    /// Wait until the leader is a controller pod (not terminating) with these environment
+    /// values: after a `helm upgrade`, the previous leader may lead a little longer.
+    async fn wait_leader_with(&self, env: &[(&str, &str)]) -> String {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), SYSTEM_NS);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), SYSTEM_NS);
+        self.eventually(&format!("a leader with {env:?}"), TIMEOUT, || async {
+            let holder = leases
+                .get("tlsid-leader")
+                .await
+                .ok()?
+                .spec?
+                .holder_identity?;
+            let pod = pods.get_opt(&holder).await.ok()??;
+            if pod.metadata.deletion_timestamp.is_some() {
+                return None;
+            }
+            let have: BTreeMap<String, String> = pod
+                .spec?
+                .containers
+                .into_iter()
+                .flat_map(|c| c.env.unwrap_or_default())
+                .filter_map(|e| Some((e.name, e.value?)))
+                .collect();
+            env.iter()
+                .all(|(k, v)| have.get(*k).map(String::as_str) == Some(*v))
+                .then_some(holder)
+        })
+        .await
+    }
+
     fn secrets(&self, ns: &str) -> Api<Secret> {
         Api::namespaced(self.client.clone(), ns)
     }
@@ -930,6 +1179,16 @@ impl E2e {
                  the CA Secret's annotations: {last:#?}"
             ),
         }
+    }
+
+    /// Set (or remove) the demo trust lag of an identity; the controller re-rolls its demo.
+    async fn set_demo_trust_lag(&self, name: &str, lag: Option<&str>) {
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {DEMO_TRUST_LAG_ANNOTATION: lag}}});
+        self.identities()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("annotate {name}: {e}"));
     }
 
     fn identities(&self) -> Api<TlsIdentity> {
@@ -999,6 +1258,22 @@ impl E2e {
             ),
             TIMEOUT,
             || self.find_one_pod(selector, ready),
+        )
+        .await
+    }
+
+    /// The demo Deployment's one Ready pod, once it is another than `old` (a re-rolled demo).
+    async fn replaced_pod(&self, component: &str, instance: &str, old: &Pod) -> Pod {
+        let selector = format!(
+            "app.kubernetes.io/component={component},app.kubernetes.io/instance={instance}"
+        );
+        self.eventually(
+            &format!("a Ready pod of {instance} replacing {}", old.name_any()),
+            TIMEOUT,
+            || async {
+                let pod = self.find_one_pod(&selector, true).await?;
+                (pod.uid() != old.uid()).then_some(pod)
+            },
         )
         .await
     }
