@@ -44,7 +44,7 @@ use kube::{
     },
 };
 use tlsid::{
-    api::{DEMO_TRUST_LAG_ANNOTATION, RENEW_ANNOTATION, TlsIdentity},
+    api::{DEMO_TRUST_LAG_ANNOTATION, IDENTITY_LABEL, RENEW_ANNOTATION, TlsIdentity},
     pki::{fingerprint, parse_pem_certs},
     plan::rollover::{PHASE_ANNOTATION, ROTATE_HANDLED_ANNOTATION},
 };
@@ -496,7 +496,7 @@ async fn ca_rollover_under_load(e2e: &E2e, server: &Pod, client: &Pod) -> Rollov
         "the CA Secret's bundle after the rollover"
     );
     step(&format!(
-        "{}: root {} replaced by {} in {took:.1?} ({phases})",
+        "tlsid ca rotate --emergency ({}): root {} replaced by {} in {took:.1?} ({phases})",
         said.trim(),
         short(&old_root),
         short(&new_root),
@@ -838,6 +838,10 @@ impl fmt::Display for Control {
 struct Phases(Vec<(String, Duration)>);
 
 impl Phases {
+    fn seen(&self, phase: &str) -> bool {
+        self.0.iter().any(|(p, _)| p == phase)
+    }
+
     fn saw(&mut self, phase: &str, at: Duration) {
         let last = self.0.last().map(|(p, _)| p.as_str());
         // The Secret as it was before the request is not a phase of this rollover.
@@ -1150,10 +1154,11 @@ impl E2e {
             while let Some(event) = secrets.next().await {
                 let Ok(secret) = event else { continue };
                 let a = secret.annotations();
-                phases.saw(
-                    a.get(PHASE_ANNOTATION).map_or("Stable", String::as_str),
-                    started.elapsed(),
-                );
+                let phase = a.get(PHASE_ANNOTATION).map_or("Stable", String::as_str);
+                if phase == "WaitForTrust" && !phases.seen("WaitForTrust") {
+                    self.assert_published(&secret).await;
+                }
+                phases.saw(phase, started.elapsed());
                 let keys: BTreeSet<&str> = secret
                     .data
                     .iter()
@@ -1178,6 +1183,28 @@ impl E2e {
                 "the CA rollover did not complete within {limit:?} (phases seen: {phases}); \
                  the CA Secret's annotations: {last:#?}"
             ),
+        }
+    }
+
+    /// Publish is over only once every identity Secret holds the CA's bundle (with the next
+    /// root): read back from the apiserver once WaitForTrust is recorded, so a Secret written
+    /// after the phase moved on is caught.
+    async fn assert_published(&self, ca: &Secret) {
+        let want = bundle(ca);
+        let secrets: Api<Secret> = Api::all(self.client.clone());
+        let list = secrets
+            .list(&ListParams::default().labels(IDENTITY_LABEL))
+            .await
+            .expect("list identity Secrets");
+        assert!(!list.items.is_empty(), "no identity Secret");
+        for secret in list {
+            assert_eq!(
+                bundle(&secret),
+                want,
+                "identity Secret {}/{} without the CA's bundle when WaitForTrust began",
+                secret.namespace().unwrap_or_default(),
+                secret.name_any()
+            );
         }
     }
 
