@@ -3,7 +3,8 @@
 # cluster (hack/cluster.sh up --node) in its own state dir, load the tlsid
 # image built from the debug binary, `helm install` the chart, run the Rust
 # test tests/e2e.rs (the mTLS demo: handshakes both ways, a rotation of both
-# identities under load, an impostor), then `helm uninstall`, delete the
+# identities under load, an impostor, a CA rollover under load and its control
+# with every gate off), then `helm uninstall`, delete the
 # namespaces and check that nothing is left behind: no object in the cluster
 # and no container or pod network interface on the node. The cluster is always
 # stopped on exit.
@@ -28,6 +29,15 @@ RELEASE=tlsid
 SYSTEM_NS=tlsid-system
 DEMO_NS=tlsid-demo
 TIMEOUT=120s
+# The CA rollover's --trust-propagation-delay (chart value ca.trustPropagationDelay,
+# default 5m for a kubelet's default 1m syncFrequency). On this node a changed Secret
+# reaches a pod's files on its next sync, every syncFrequency (10s) plus up to 50%
+# jitter (the kubelet's Secret manager watches, so no cache TTL adds to it): at most
+# ~15s; the demo pods look at their files every second (--reload-interval 1s). 30s
+# covers that twice over and keeps the rollover step to about a minute. The test
+# restores this value after its control (every gate off), so it is told it.
+TRUST_PROPAGATION_DELAY=30s
+INSTALL_VALUES=(--set image.pullPolicy=Never --set "ca.trustPropagationDelay=${TRUST_PROPAGATION_DELAY}")
 # Own state dir and ports (hack/profiles.tsv), whatever the caller (hack/test.sh) exported.
 tlsid_profile e2e
 export TLSID_NODE_SYNC_FREQUENCY="${TLSID_E2E_SYNC_FREQUENCY:-10s}"
@@ -88,11 +98,13 @@ k create namespace "${SYSTEM_NS}" --dry-run=client -o yaml | k apply -f - >/dev/
 k label namespace "${SYSTEM_NS}" --overwrite pod-security.kubernetes.io/enforce=restricted \
   pod-security.kubernetes.io/warn=restricted >/dev/null
 "${helm}" install "${RELEASE}" charts/tlsid --namespace "${SYSTEM_NS}" \
-  --set image.pullPolicy=Never --wait --timeout "${TIMEOUT}" >/dev/null
+  "${INSTALL_VALUES[@]}" --wait --timeout "${TIMEOUT}" >/dev/null
 log "helm install: controller ready (webhook serving, caBundle in place) in $((SECONDS - start))s"
 
 stage "test (tests/e2e.rs)"
+# The test drives helm itself for the rollover's control (gates off, then back to these values).
 TLSID_E2E_KUBECONFIG="${KUBECONFIG}" TLSID_E2E_KUBELET_SYNC_FREQUENCY="${TLSID_NODE_SYNC_FREQUENCY}" \
+  TLSID_E2E_HELM="${helm}" TLSID_E2E_TRUST_PROPAGATION_DELAY="${TRUST_PROPAGATION_DELAY}" \
   cargo test --locked --test e2e -- --nocapture
 
 stage "deletion keeps Secrets workloads mount (the garbage collector runs here)"
@@ -127,7 +139,7 @@ k -n "${SYSTEM_NS}" get secret tlsid-ca >/dev/null || die "helm uninstall delete
 k -n "${DEMO_NS}" get secret demo-server-tls demo-client-tls gc-kept-tls >/dev/null ||
   die "helm uninstall deleted identity Secrets that workloads mount"
 "${helm}" install "${RELEASE}" charts/tlsid --namespace "${SYSTEM_NS}" \
-  --set image.pullPolicy=Never --wait --timeout "${TIMEOUT}" >/dev/null
+  "${INSTALL_VALUES[@]}" --wait --timeout "${TIMEOUT}" >/dev/null
 k -n "${DEMO_NS}" wait --for=condition=Ready tlsidentity/demo-server --timeout "${TIMEOUT}" >/dev/null
 [[ "$(k -n "${SYSTEM_NS}" get secret tlsid-ca -o jsonpath='{.metadata.resourceVersion}')" == "${ca_rv}" ]] ||
   die "the reinstall changed the CA Secret"

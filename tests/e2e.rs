@@ -1,24 +1,35 @@
 //! End to end on a real node: the chart's controller, the mTLS demo pods it runs, a rotation under
-//! load, and an impostor. Driven by `hack/e2e.sh` (a stage of `make test`), which starts the node
-//! cluster, loads the image, installs the chart with helm, runs this, then uninstalls and checks
-//! for orphans. A plain `cargo test` does not build this target (`test = false` in Cargo.toml);
-//! run on its own it needs:
+//! load, an impostor, and a CA rollover under load with its control. Driven by `hack/e2e.sh` (a
+//! stage of `make test`), which starts the node cluster, loads the image, installs the chart with
+//! helm, runs this, then uninstalls and checks for orphans. A plain `cargo test` does not build
+//! this target (`test = false` in Cargo.toml); run on its own it needs:
 //!
 //! - `TLSID_E2E_KUBECONFIG`: a cluster with nodes, the chart installed and `tlsid:dev` loaded;
 //! - `TLSID_E2E_KUBELET_SYNC_FREQUENCY` (default `1m`, the kubelet's): the node's
-//!   `syncFrequency`, which bounds how soon a renewed Secret reaches the pods.
+//!   `syncFrequency`, which bounds how soon a renewed Secret reaches the pods;
+//! - `TLSID_E2E_TRUST_PROPAGATION_DELAY` (default `5m`, the chart's): the install's
+//!   `ca.trustPropagationDelay`, restored after the rollover's control;
+//! - `TLSID_E2E_HELM` (default `helm`): the helm that installed the chart (the control upgrades
+//!   the release).
 //!
 //! Everything asserted is read from the pods themselves: their `/metrics` through the apiserver's
 //! pod proxy, and their logs. It prints the figures it saw at the end.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    fmt,
     future::Future,
     path::PathBuf,
+    pin::pin,
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use futures::StreamExt;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    coordination::v1::Lease,
+    core::v1::{Pod, Secret},
+};
 use kube::{
     Api, Client, Config, ResourceExt,
     api::{
@@ -26,9 +37,17 @@ use kube::{
     },
     config::{KubeConfigOptions, Kubeconfig},
     discovery::pinned_kind,
-    runtime::wait::{Condition, await_condition, conditions},
+    runtime::{
+        WatchStreamExt,
+        wait::{Condition, await_condition, conditions},
+        watcher,
+    },
 };
-use tlsid::api::{RENEW_ANNOTATION, TlsIdentity};
+use tlsid::{
+    api::{DEMO_TRUST_LAG_ANNOTATION, IDENTITY_LABEL, RENEW_ANNOTATION, TlsIdentity},
+    pki::{fingerprint, parse_pem_certs},
+    plan::rollover::{PHASE_ANNOTATION, ROTATE_HANDLED_ANNOTATION},
+};
 
 const NS: &str = "tlsid-demo";
 const SYSTEM_NS: &str = "tlsid-system";
@@ -43,6 +62,11 @@ const FIELD_MANAGER: &str = "tlsid-e2e";
 const TIMEOUT: Duration = Duration::from_secs(90);
 /// Successful exchanges with the new certificates on both sides before the window closes.
 const AFTER_ROTATION: f64 = 3.0;
+const RELEASE: &str = "tlsid";
+const CA_SECRET: &str = "tlsid-ca";
+/// The control's deliberately slow consumer: the demo client verifies with a new `ca.crt` only
+/// this long after it first saw it.
+const CONTROL_TRUST_LAG: Duration = Duration::from_secs(90);
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -152,9 +176,7 @@ async fn mtls_demo_on_a_real_node() {
         requested_at.elapsed()
     ));
 
-    // The kubelet refreshes a pod's Secret volume when it syncs the pod: every syncFrequency,
-    // with up to 50% jitter. Then the pods' own 1 s reload check, and our scrape.
-    let bound = e2e.sync_frequency.mul_f64(1.5) + Duration::from_secs(15);
+    let bound = e2e.delivery_bound();
     let c = e2e
         .eventually("both pods serving the new serials", bound, || async {
             let (s, c) = (e2e.scrape(&server).await?, e2e.scrape(&client).await?);
@@ -406,8 +428,14 @@ async fn mtls_demo_on_a_real_node() {
         strip_ansi(&refused_line)
     ));
 
-    // === figures ===
+    // The demo's counters so far (the control below replaces the client pod).
     let end = Window::scrape(&e2e, &server, &client).await;
+
+    // === a CA rollover under load, and its control ===
+    let rollover = ca_rollover_under_load(&e2e, &server, &client).await;
+    let control = control_without_gates(&e2e, &server, &client).await;
+
+    // === figures ===
     println!("\n=== e2e figures ===");
     println!(
         "renewal request → new serial served: server {server_took:.1} s, client {client_took:.1} s \
@@ -425,7 +453,7 @@ async fn mtls_demo_on_a_real_node() {
         rotation.server_failed,
     );
     println!(
-        "whole run: client attempted {}, handshakes failed {}, unreachable {} (before the server listened); \
+        "up to the CA rollover: client attempted {}, handshakes failed {}, unreachable {} (before the server listened); \
          server accepted {}, rejected {} (all the impostor's)",
         end.client_attempted(),
         end.client.handshakes("client", "failure"),
@@ -434,11 +462,434 @@ async fn mtls_demo_on_a_real_node() {
         end.server.handshakes("server", "failure"),
     );
     println!("impostor: {rejected} handshakes rejected by the server (UnknownIssuer), 0 accepted");
+    println!("{rollover}");
+    println!("{control}");
     println!("total {:.0?}", started.elapsed());
 }
 
 fn step(what: &str) {
     println!("e2e: {what}");
+}
+
+// === the CA rollover ===
+
+/// A full CA rollover (to a new root, in emergency mode so that Drain waits only the propagation
+/// delay, not for the old leaves to expire: the normal mode is tests/rollover.rs's) while the
+/// demo client and server keep handshaking: not one handshake may fail on either side, no pod may
+/// restart, and at the end the identities, their Secrets and the pods are on the new root alone.
+async fn ca_rollover_under_load(e2e: &E2e, server: &Pod, client: &Pod) -> Rollover {
+    let ca_before = e2e.ca_secret().await;
+    let old_root = signer_of(&ca_before);
+    let before = Window::scrape(e2e, server, client).await;
+    let started = Instant::now();
+    let limit = e2e.rollover_limit();
+    let (said, (ca, phases)) = tokio::join!(
+        e2e.tlsid(&["ca", "rotate", "--emergency", "--wait"]),
+        e2e.follow_rollover(&ca_before, limit),
+    );
+    let took = started.elapsed();
+    let new_root = signer_of(&ca);
+    assert_ne!(new_root, old_root, "the rollover kept the signer");
+    assert_eq!(
+        bundle(&ca),
+        BTreeSet::from([new_root.clone()]),
+        "the CA Secret's bundle after the rollover"
+    );
+    step(&format!(
+        "tlsid ca rotate --emergency ({}): root {} replaced by {} in {took:.1?} ({phases})",
+        said.trim(),
+        short(&old_root),
+        short(&new_root),
+    ));
+
+    // Every identity chains to the new CA, and (written just after the CA Secret's last step)
+    // every identity Secret trusts its root alone.
+    let mut serials = Vec::new();
+    for name in [SERVER, CLIENT] {
+        let id = e2e.identities().get(name).await.expect("get identity");
+        let status = id.status.clone().unwrap_or_default();
+        assert_eq!(
+            status.ca_fingerprint.as_deref(),
+            Some(new_root.as_str()),
+            "{name}: status.caFingerprint after the rollover"
+        );
+        serials.push(serial(&id));
+    }
+    let secrets = e2e.secrets(NS);
+    e2e.eventually(
+        "the identity Secrets trusting the new root alone",
+        TIMEOUT,
+        || async {
+            for name in [SERVER, CLIENT] {
+                let secret = secrets.get(&format!("{name}-tls")).await.ok()?;
+                if bundle(&secret) != BTreeSet::from([new_root.clone()]) {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    // The pods serve their new leaves and verify peers with the new root alone, once the kubelet
+    // has delivered the last Secrets.
+    let delivered = Instant::now();
+    let c = e2e
+        .eventually(
+            "both demo pods serving leaves of the new CA and trusting only its root",
+            e2e.delivery_bound(),
+            || async {
+                let (s, c) = (e2e.scrape(server).await?, e2e.scrape(client).await?);
+                let only_new = BTreeSet::from([new_root.clone()]);
+                let done = s.own_serial().as_ref() == Some(&serials[0])
+                    && c.own_serial().as_ref() == Some(&serials[1])
+                    && s.trusted_roots() == only_new
+                    && c.trusted_roots() == only_new;
+                done.then_some(c)
+            },
+        )
+        .await;
+    let settled = took + delivered.elapsed();
+    // A few more exchanges with nothing but the new root.
+    let c_new = c.handshakes("client", "success");
+    e2e.eventually("more exchanges after the rollover", TIMEOUT, || async {
+        let c = e2e.scrape(client).await?;
+        (c.handshakes("client", "success") >= c_new + AFTER_ROTATION).then_some(())
+    })
+    .await;
+    let window = Window::scrape(e2e, server, client).await.since(&before);
+    assert_eq!(
+        (
+            window.server_failed,
+            window.client_failed,
+            window.client_unreachable
+        ),
+        (0.0, 0.0, 0.0),
+        "failures during the CA rollover (server handshakes, client handshakes, client connects)\n\
+         server log:\n{}\nclient log:\n{}",
+        e2e.log(server).await,
+        e2e.log(client).await
+    );
+    assert!(window.client_ok >= AFTER_ROTATION, "{window:?}");
+    for (pod, role) in [(server, "demo-server"), (client, "demo-client")] {
+        let now = e2e.pod(&pod.name_any()).await;
+        assert_eq!(
+            now.uid(),
+            pod.uid(),
+            "{role} pod replaced: a CA rollover must not need a restart"
+        );
+        assert_eq!(
+            restarts(&now),
+            restarts(pod),
+            "{role} container restarted during the CA rollover"
+        );
+    }
+    // `tlsid ca status` tells the same story.
+    let status: serde_json::Value =
+        serde_json::from_str(&e2e.tlsid(&["ca", "status", "-o", "json"]).await)
+            .expect("tlsid ca status -o json");
+    assert_eq!(status["phase"], "Stable", "{status:#}");
+    assert_eq!(
+        status["signer"]["fingerprint"],
+        new_root.as_str(),
+        "{status:#}"
+    );
+    assert_eq!(
+        status["roots"].as_array().map(Vec::len),
+        Some(1),
+        "{status:#}"
+    );
+    assert_eq!(status["leavesOnPrevious"], 0, "{status:#}");
+    assert_eq!(status["leavesOnOther"], 0, "{status:#}");
+    step(&format!(
+        "CA rollover under load: pods on the new root alone {settled:.1?} after the request; \
+         {} exchanges, 0 failures, 0 restarts",
+        window.client_attempted()
+    ));
+    Rollover {
+        phases,
+        took,
+        settled,
+        window,
+    }
+}
+
+/// The control: the same rollover with every gate off (propagation delay zero, demo pods not
+/// observed) and a client that adopts new trust only `CONTROL_TRUST_LAG` after it sees it. Its
+/// handshakes must fail, or this e2e could not see a broken rollover. Then everything is put back:
+/// the client without a lag, the install's own settings, handshakes succeeding both ways.
+async fn control_without_gates(e2e: &E2e, server: &Pod, client: &Pod) -> Control {
+    let started = Instant::now();
+    e2e.helm_upgrade(&[
+        "ca.trustPropagationDelay=0s".into(),
+        "ca.observeDemoTrust=false".into(),
+    ])
+    .await;
+    // `helm upgrade --wait` returns once the new pods are ready; the old leader may still lead,
+    // and a rollover it took up would run with the gates on.
+    e2e.wait_leader_with(&[
+        ("TLSID_TRUST_PROPAGATION_DELAY", "0s"),
+        ("TLSID_OBSERVE_DEMO_TRUST", "false"),
+    ])
+    .await;
+    let lag = format!("{}s", CONTROL_TRUST_LAG.as_secs());
+    e2e.set_demo_trust_lag(CLIENT, Some(&lag)).await;
+    let lagging = e2e.replaced_pod("demo-client", CLIENT, client).await;
+    let args = lagging
+        .spec
+        .as_ref()
+        .map(|s| {
+            s.containers
+                .iter()
+                .flat_map(|c| c.args.clone().unwrap_or_default())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert!(
+        args.windows(2).any(
+            |a| a[0] == "--trust-lag" && a[1] == format!("{}ms", CONTROL_TRUST_LAG.as_millis())
+        ),
+        "the demo client does not run with --trust-lag {lag}: {args:?}"
+    );
+    e2e.eventually("the lagging client handshaking", TIMEOUT, || async {
+        let c = e2e.scrape(&lagging).await?;
+        (c.handshakes("client", "success") > 0.0).then_some(())
+    })
+    .await;
+    let setup = started.elapsed();
+
+    let ca_before = e2e.ca_secret().await;
+    let before = Window::scrape(e2e, server, &lagging).await;
+    let requested = Instant::now();
+    let said = e2e.tlsid(&["ca", "rotate", "--emergency", "--wait"]).await;
+    // Why a failure must come, and within this bound. With the gates off the switch follows the
+    // request within a few of the controller's 2 s steps (Publish only waits for the identity
+    // Secrets to be written); the server's Secret then reaches its files within the kubelet's
+    // delivery bound and it presents a leaf of the new CA at its next 1 s reload; the client tries
+    // every 2 s. The client saw the new bundle no earlier than the request, so it verifies with
+    // the old root alone until at least CONTROL_TRUST_LAG after the request: every attempt from
+    // the server's reload to then fails (UnknownIssuer), and that span lies inside the bound.
+    let bound = e2e.delivery_bound() + Duration::from_secs(15);
+    assert!(
+        bound + Duration::from_secs(15) < CONTROL_TRUST_LAG,
+        "the control's trust lag ({CONTROL_TRUST_LAG:?}) must outlast its bound ({bound:?})"
+    );
+    let failing = e2e
+        .eventually(
+            "the lagging client failing handshakes (the control)",
+            bound,
+            || async {
+                let c = e2e.scrape(&lagging).await?;
+                (c.handshakes("client", "failure") > before.client.handshakes("client", "failure"))
+                    .then_some(c)
+            },
+        )
+        .await;
+    let first_failure = requested.elapsed();
+    let failing_log = e2e.log(&lagging).await;
+    let failure_line = assert_log(
+        &failing_log,
+        &["mTLS handshake failed", "role=client", "UnknownIssuer"],
+    );
+    // Let it fail a little longer: failures, not one unlucky attempt.
+    let failures_at_first = failing.handshakes("client", "failure");
+    e2e.eventually("a second failed handshake", TIMEOUT, || async {
+        let c = e2e.scrape(&lagging).await?;
+        (c.handshakes("client", "failure") > failures_at_first).then_some(())
+    })
+    .await;
+    let window = Window::scrape(e2e, server, &lagging).await.since(&before);
+    step(&format!(
+        "control ({}; gates off, client --trust-lag {lag}): first failed handshake {first_failure:.1?} after \
+         the request, {} client and {} server handshakes failed; the client logged:\n    {}",
+        said.trim(),
+        window.client_failed,
+        window.server_failed,
+        strip_ansi(&failure_line)
+    ));
+
+    // === restore ===
+    let restoring = Instant::now();
+    let (ca, _) = e2e.follow_rollover(&ca_before, e2e.rollover_limit()).await;
+    let new_root = signer_of(&ca);
+    let restore = [
+        format!("ca.trustPropagationDelay={}", e2e.propagation_delay_value),
+        "ca.observeDemoTrust=true".into(),
+    ];
+    let ((), restored) = tokio::join!(e2e.helm_upgrade(&restore), async {
+        e2e.set_demo_trust_lag(CLIENT, None).await;
+        e2e.replaced_pod("demo-client", CLIENT, &lagging).await
+    });
+    e2e.wait_leader_with(&[
+        (
+            "TLSID_TRUST_PROPAGATION_DELAY",
+            e2e.propagation_delay_value.as_str(),
+        ),
+        ("TLSID_OBSERVE_DEMO_TRUST", "true"),
+    ])
+    .await;
+    let only_new = BTreeSet::from([new_root.clone()]);
+    let c = e2e
+        .eventually(
+            "both demo pods trusting only the control's new root",
+            e2e.delivery_bound(),
+            || async {
+                let (s, c) = (e2e.scrape(server).await?, e2e.scrape(&restored).await?);
+                (s.trusted_roots() == only_new && c.trusted_roots() == only_new).then_some(c)
+            },
+        )
+        .await;
+    let after_restore = Window::scrape(e2e, server, &restored).await;
+    let c_ok = c.handshakes("client", "success");
+    e2e.eventually(
+        "handshakes succeeding again after the control",
+        TIMEOUT,
+        || async {
+            let c = e2e.scrape(&restored).await?;
+            (c.handshakes("client", "success") >= c_ok + AFTER_ROTATION).then_some(())
+        },
+    )
+    .await;
+    let again = Window::scrape(e2e, server, &restored)
+        .await
+        .since(&after_restore);
+    assert_eq!(
+        (
+            again.server_failed,
+            again.client_failed,
+            again.client_unreachable
+        ),
+        (0.0, 0.0, 0.0),
+        "failures after the control was undone (server handshakes, client handshakes, client connects)"
+    );
+    let restored_in = restoring.elapsed();
+    step(&format!(
+        "control undone in {restored_in:.1?}: client without a lag, {RELEASE} back to \
+         ca.trustPropagationDelay={} and ca.observeDemoTrust=true, {} exchanges since, 0 failures",
+        e2e.propagation_delay_value,
+        again.client_attempted()
+    ));
+    Control {
+        setup,
+        first_failure,
+        window,
+        restored_in,
+        total: started.elapsed(),
+    }
+}
+
+/// What the rollover step saw.
+struct Rollover {
+    phases: Phases,
+    took: Duration,
+    settled: Duration,
+    window: Delta,
+}
+
+impl fmt::Display for Rollover {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CA rollover (emergency) under load: completed in {:.1?} ({}), pods on the new root alone \
+             after {:.1?}; window {:.1} s: client attempted {}, failed {} ({} handshake, {} unreachable); \
+             server accepted {}, failed {}",
+            self.took,
+            self.phases,
+            self.settled,
+            self.window.seconds,
+            self.window.client_attempted(),
+            self.window.client_failed + self.window.client_unreachable,
+            self.window.client_failed,
+            self.window.client_unreachable,
+            self.window.server_ok,
+            self.window.server_failed,
+        )
+    }
+}
+
+/// What the control saw.
+struct Control {
+    setup: Duration,
+    first_failure: Duration,
+    window: Delta,
+    restored_in: Duration,
+    total: Duration,
+}
+
+impl fmt::Display for Control {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "control (gates off, client --trust-lag {:?}): first failed handshake {:.1?} after the request; \
+             {} client and {} server handshakes failed in {:.1} s; set up {:.1?}, undone {:.1?}, {:.1?} in all",
+            CONTROL_TRUST_LAG,
+            self.first_failure,
+            self.window.client_failed,
+            self.window.server_failed,
+            self.window.seconds,
+            self.setup,
+            self.restored_in,
+            self.total,
+        )
+    }
+}
+
+/// When the CA Secret entered each phase of a rollover, from the moment it was requested.
+#[derive(Default)]
+struct Phases(Vec<(String, Duration)>);
+
+impl Phases {
+    fn seen(&self, phase: &str) -> bool {
+        self.0.iter().any(|(p, _)| p == phase)
+    }
+
+    fn saw(&mut self, phase: &str, at: Duration) {
+        let last = self.0.last().map(|(p, _)| p.as_str());
+        // The Secret as it was before the request is not a phase of this rollover.
+        if last != Some(phase) && !(last.is_none() && phase == "Stable") {
+            self.0.push((phase.to_owned(), at));
+        }
+    }
+}
+
+impl fmt::Display for Phases {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (phase, at)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{phase} +{:.1}s", at.as_secs_f64())?;
+        }
+        Ok(())
+    }
+}
+
+/// Fingerprint of the CA Secret's signer (the first certificate of `tls.crt`).
+fn signer_of(ca: &Secret) -> String {
+    certs(ca, "tls.crt")
+        .first()
+        .cloned()
+        .expect("a signer in tls.crt")
+}
+
+/// Fingerprints of the roots in a Secret's `ca.crt`.
+fn bundle(secret: &Secret) -> BTreeSet<String> {
+    certs(secret, "ca.crt").into_iter().collect()
+}
+
+fn certs(secret: &Secret, key: &str) -> Vec<String> {
+    let pem = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| v.0.as_slice())
+        .unwrap_or_default();
+    parse_pem_certs(pem)
+        .unwrap_or_else(|e| panic!("{key} of Secret {}: {e}", secret.name_any()))
+        .iter()
+        .map(|der| fingerprint(der))
+        .collect()
+}
+
+fn short(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(16)]
 }
 
 fn serial(id: &TlsIdentity) -> String {
@@ -458,6 +909,22 @@ fn restarts(pod: &Pod) -> i32 {
         .and_then(|s| s.container_statuses.as_ref())
         .map(|cs| cs.iter().map(|c| c.restart_count).sum())
         .unwrap_or(0)
+}
+
+/// Run a command off the async workers; its standard output, or a failure showing its error.
+async fn run(mut cmd: std::process::Command, shown: String) -> String {
+    let what = shown.clone();
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The plain-text log format colours its fields when it thinks it has a terminal.
@@ -513,6 +980,12 @@ fn reload_delay(log: &str, old: &str, new: &str, requested: jiff::Timestamp) -> 
 struct E2e {
     client: Client,
     sync_frequency: Duration,
+    /// For the commands this runs (`tlsid ca ...`, `helm upgrade`).
+    kubeconfig: PathBuf,
+    helm: PathBuf,
+    /// The install's `ca.trustPropagationDelay`, as given to helm and as a duration.
+    propagation_delay_value: String,
+    propagation_delay: Duration,
 }
 
 impl E2e {
@@ -527,6 +1000,11 @@ impl E2e {
             std::env::var("TLSID_E2E_KUBELET_SYNC_FREQUENCY").unwrap_or_else(|_| "1m".into());
         let sync_frequency =
             tlsid::demo::parse_positive_duration(&sync).expect("TLSID_E2E_KUBELET_SYNC_FREQUENCY");
+        let propagation_delay_value =
+            std::env::var("TLSID_E2E_TRUST_PROPAGATION_DELAY").unwrap_or_else(|_| "5m".into());
+        let propagation_delay = tlsid::demo::parse_duration(&propagation_delay_value)
+            .expect("TLSID_E2E_TRUST_PROPAGATION_DELAY");
+        let helm = std::env::var_os("TLSID_E2E_HELM").map_or_else(|| "helm".into(), PathBuf::from);
         let kubeconfig = Kubeconfig::read_from(&path).expect("read TLSID_E2E_KUBECONFIG");
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
@@ -534,7 +1012,25 @@ impl E2e {
         Self {
             client: Client::try_from(config).expect("client"),
             sync_frequency,
+            kubeconfig: path.into(),
+            helm,
+            propagation_delay_value,
+            propagation_delay,
         }
+    }
+
+    /// How soon a changed Secret is in use by a demo pod: the kubelet refreshes a pod's Secret
+    /// volume when it syncs the pod, every syncFrequency with up to 50% jitter; then the pod's own
+    /// 1 s reload check, and our scrape.
+    fn delivery_bound(&self) -> Duration {
+        self.sync_frequency.mul_f64(1.5) + Duration::from_secs(15)
+    }
+
+    /// How long a requested rollover may take: the propagation delay twice (WaitForTrust, Drain in
+    /// emergency mode), and 3 minutes for the rest (Secrets written and delivered, demo pods
+    /// observed, leaves re-issued).
+    fn rollover_limit(&self) -> Duration {
+        2 * self.propagation_delay + Duration::from_secs(180)
     }
 
     /// Server-side apply every document of a repository file, as `kubectl apply --server-side`.
@@ -574,6 +1070,152 @@ impl E2e {
             .await
             .unwrap_or_else(|e| panic!("apply {} {} from {file}: {e}", types.kind, obj.name_any()));
         }
+    }
+
+    /// Run the tlsid CLI (the binary of this build) on the install; its standard output.
+    async fn tlsid(&self, args: &[&str]) -> String {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tlsid"));
+        cmd.args(args)
+            .args(["--install-namespace", SYSTEM_NS])
+            .env("KUBECONFIG", &self.kubeconfig);
+        run(cmd, format!("tlsid {}", args.join(" "))).await
+    }
+
+    /// `helm upgrade` of the install with the values it has and `sets`, waiting for the rollout.
+    async fn helm_upgrade(&self, sets: &[String]) {
+        let mut cmd = std::process::Command::new(&self.helm);
+        cmd.args(["upgrade", RELEASE])
+            .arg(repo().join("charts/tlsid"))
+            .args(["--namespace", SYSTEM_NS, "--reuse-values", "--wait"])
+            .args(["--timeout", "120s"])
+            .env("KUBECONFIG", &self.kubeconfig);
+        for set in sets {
+            cmd.args(["--set", set]);
+        }
+        run(cmd, format!("helm upgrade --set {}", sets.join(" --set "))).await;
+    }
+
+    /// Wait until the leader is a controller pod (not terminating) with these environment
+    /// values: after a `helm upgrade`, the previous leader may lead a little longer.
+    async fn wait_leader_with(&self, env: &[(&str, &str)]) -> String {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), SYSTEM_NS);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), SYSTEM_NS);
+        self.eventually(&format!("a leader with {env:?}"), TIMEOUT, || async {
+            let holder = leases
+                .get("tlsid-leader")
+                .await
+                .ok()?
+                .spec?
+                .holder_identity?;
+            let pod = pods.get_opt(&holder).await.ok()??;
+            if pod.metadata.deletion_timestamp.is_some() {
+                return None;
+            }
+            let have: BTreeMap<String, String> = pod
+                .spec?
+                .containers
+                .into_iter()
+                .flat_map(|c| c.env.unwrap_or_default())
+                .filter_map(|e| Some((e.name, e.value?)))
+                .collect();
+            env.iter()
+                .all(|(k, v)| have.get(*k).map(String::as_str) == Some(*v))
+                .then_some(holder)
+        })
+        .await
+    }
+
+    fn secrets(&self, ns: &str) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    async fn ca_secret(&self) -> Secret {
+        self.secrets(SYSTEM_NS)
+            .get(CA_SECRET)
+            .await
+            .expect("the CA Secret")
+    }
+
+    /// Follow the CA Secret on a watch until the rollover requested after `before` was seen is
+    /// over: a new request handled, no phase recorded, nothing staged (only `tls.crt`, `tls.key`,
+    /// `ca.crt`). The Secret then, and when each phase was first seen.
+    async fn follow_rollover(&self, before: &Secret, limit: Duration) -> (Secret, Phases) {
+        let handled_before = before.annotations().get(ROTATE_HANDLED_ANNOTATION).cloned();
+        let config = watcher::Config::default().fields(&format!("metadata.name={CA_SECRET}"));
+        let started = Instant::now();
+        let mut phases = Phases::default();
+        let mut last = None;
+        let follow = async {
+            let mut secrets = pin!(
+                watcher(self.secrets(SYSTEM_NS), config)
+                    .default_backoff()
+                    .applied_objects()
+            );
+            while let Some(event) = secrets.next().await {
+                let Ok(secret) = event else { continue };
+                let a = secret.annotations();
+                let phase = a.get(PHASE_ANNOTATION).map_or("Stable", String::as_str);
+                if phase == "WaitForTrust" && !phases.seen("WaitForTrust") {
+                    self.assert_published(&secret).await;
+                }
+                phases.saw(phase, started.elapsed());
+                let keys: BTreeSet<&str> = secret
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                let done = a.get(ROTATE_HANDLED_ANNOTATION).is_some()
+                    && a.get(ROTATE_HANDLED_ANNOTATION) != handled_before.as_ref()
+                    && !a.contains_key(PHASE_ANNOTATION)
+                    && keys == BTreeSet::from(["tls.crt", "tls.key", "ca.crt"]);
+                if done {
+                    return Some(secret);
+                }
+                last = Some(a.clone());
+            }
+            None
+        };
+        let outcome = tokio::time::timeout(limit, follow).await;
+        match outcome {
+            Ok(Some(secret)) => (secret, phases),
+            _ => panic!(
+                "the CA rollover did not complete within {limit:?} (phases seen: {phases}); \
+                 the CA Secret's annotations: {last:#?}"
+            ),
+        }
+    }
+
+    /// Publish is over only once every identity Secret holds the CA's bundle (with the next
+    /// root): read back from the apiserver once WaitForTrust is recorded, so a Secret written
+    /// after the phase moved on is caught.
+    async fn assert_published(&self, ca: &Secret) {
+        let want = bundle(ca);
+        let secrets: Api<Secret> = Api::all(self.client.clone());
+        let list = secrets
+            .list(&ListParams::default().labels(IDENTITY_LABEL))
+            .await
+            .expect("list identity Secrets");
+        assert!(!list.items.is_empty(), "no identity Secret");
+        for secret in list {
+            assert_eq!(
+                bundle(&secret),
+                want,
+                "identity Secret {}/{} without the CA's bundle when WaitForTrust began",
+                secret.namespace().unwrap_or_default(),
+                secret.name_any()
+            );
+        }
+    }
+
+    /// Set (or remove) the demo trust lag of an identity; the controller re-rolls its demo.
+    async fn set_demo_trust_lag(&self, name: &str, lag: Option<&str>) {
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {DEMO_TRUST_LAG_ANNOTATION: lag}}});
+        self.identities()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("annotate {name}: {e}"));
     }
 
     fn identities(&self) -> Api<TlsIdentity> {
@@ -636,41 +1278,60 @@ impl E2e {
     }
 
     async fn one_pod(&self, selector: &str, ready: bool) -> Pod {
-        let pods = self.pods();
-        let lp = ListParams::default().labels(selector);
         self.eventually(
             &format!(
                 "one {} pod with {selector}",
                 if ready { "Ready" } else { "running" }
             ),
             TIMEOUT,
+            || self.find_one_pod(selector, ready),
+        )
+        .await
+    }
+
+    /// The demo Deployment's one Ready pod, once it is another than `old` (a re-rolled demo).
+    async fn replaced_pod(&self, component: &str, instance: &str, old: &Pod) -> Pod {
+        let selector = format!(
+            "app.kubernetes.io/component={component},app.kubernetes.io/instance={instance}"
+        );
+        self.eventually(
+            &format!("a Ready pod of {instance} replacing {}", old.name_any()),
+            TIMEOUT,
             || async {
-                let list = pods.list(&lp).await.ok()?;
-                let live: Vec<Pod> = list
-                    .items
-                    .into_iter()
-                    .filter(|p| p.metadata.deletion_timestamp.is_none())
-                    .collect();
-                let [pod] = <[Pod; 1]>::try_from(live).ok()?;
-                let status = pod.status.as_ref()?;
-                let ok = if ready {
-                    conditions::is_pod_running().matches_object(Some(&pod))
-                        && status
-                            .conditions
-                            .as_ref()?
-                            .iter()
-                            .any(|c| c.type_ == "Ready" && c.status == "True")
-                } else {
-                    status
-                        .container_statuses
-                        .as_ref()?
-                        .iter()
-                        .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
-                };
-                ok.then_some(pod)
+                let pod = self.find_one_pod(&selector, true).await?;
+                (pod.uid() != old.uid()).then_some(pod)
             },
         )
         .await
+    }
+
+    /// The one live pod with `selector`, if there is exactly one and it is Ready (`ready`) or has
+    /// every container running.
+    async fn find_one_pod(&self, selector: &str, ready: bool) -> Option<Pod> {
+        let lp = ListParams::default().labels(selector);
+        let list = self.pods().list(&lp).await.ok()?;
+        let live: Vec<Pod> = list
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let [pod] = <[Pod; 1]>::try_from(live).ok()?;
+        let status = pod.status.as_ref()?;
+        let ok = if ready {
+            conditions::is_pod_running().matches_object(Some(&pod))
+                && status
+                    .conditions
+                    .as_ref()?
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        } else {
+            status
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        };
+        ok.then_some(pod)
     }
 
     async fn log(&self, pod: &Pod) -> String {
@@ -823,6 +1484,15 @@ impl Metrics {
     fn peer_serial(&self) -> Option<String> {
         self.info_serial("tlsid_demo_peer_certificate_serial_info")
     }
+
+    /// Fingerprints of the roots the pod verifies its peers with now.
+    fn trusted_roots(&self) -> BTreeSet<String> {
+        self.samples
+            .iter()
+            .filter(|(n, _, v)| n == "tlsid_demo_trusted_root" && *v == 1.0)
+            .filter_map(|(_, l, _)| l.get("fingerprint").cloned())
+            .collect()
+    }
 }
 
 /// `a="x",b="y"` (values may contain commas; quotes and backslashes are escaped).
@@ -925,5 +1595,10 @@ fn metrics_parse() {
     assert_eq!(m.handshakes("server", "failure"), 0.0);
     assert_eq!(m.own_serial().as_deref(), Some("ab01"));
     assert_eq!(m.unreachable(), 2.0);
+    let roots = Metrics::parse(
+        "tlsid_demo_trusted_root{role=\"client\",fingerprint=\"ab\"} 1\n\
+         tlsid_demo_trusted_root{role=\"client\",fingerprint=\"cd\"} 0\n",
+    );
+    assert_eq!(roots.trusted_roots(), BTreeSet::from(["ab".to_string()]));
     assert_eq!(strip_ansi("\u{1b}[2mx\u{1b}[0m=1"), "x=1");
 }

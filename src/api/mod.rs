@@ -505,13 +505,17 @@ impl TlsIdentitySpec {
 
 // === impl TlsIdentity ===
 
+/// The Secret an identity named `identity` writes when `spec.secretName` is not set.
+pub fn default_secret_name(identity: &str) -> String {
+    format!("{identity}-tls")
+}
+
 impl TlsIdentity {
     /// The Secret name, with the default applied.
     pub fn secret_name(&self) -> String {
-        self.spec
-            .secret_name
-            .clone()
-            .unwrap_or_else(|| format!("{}-tls", self.metadata.name.as_deref().unwrap_or_default()))
+        self.spec.secret_name.clone().unwrap_or_else(|| {
+            default_secret_name(self.metadata.name.as_deref().unwrap_or_default())
+        })
     }
 
     pub fn condition(&self, type_: &str) -> Option<&Condition> {

@@ -138,7 +138,10 @@ fn count(ctx: &Context, state: &CaState) -> Counts {
             .get("spec")
             .and_then(|s| s.get("secretName"))
             .and_then(|n| n.as_str())
-            .map_or_else(|| obj.name_any(), str::to_string);
+            .map_or_else(
+                || crate::api::default_secret_name(&obj.name_any()),
+                str::to_string,
+            );
         let ns = obj.namespace().unwrap_or_default();
         let key = kube::runtime::reflector::ObjectRef::new(&secret_name).within(&ns);
         if let Some(secret) = stores.secrets.get(&key)
