@@ -253,11 +253,17 @@ pub async fn ca_rotate(target: &Target, args: &RotateArgs) -> anyhow::Result<Str
             target.ca_secret, target.install_namespace
         )
     })?;
-    if let Some(phase) = secret
+    let phase_before = secret
         .annotations()
         .get(crate::plan::rollover::PHASE_ANNOTATION)
+        .cloned();
+    // During a rollover only an emergency request does something: it escalates it.
+    if let Some(phase) = &phase_before
+        && !args.emergency
     {
-        bail!("a CA rollover is already in progress (phase {phase}); see tlsid ca status");
+        bail!(
+            "a CA rollover is already in progress (phase {phase}); see tlsid ca status (--emergency would make it an emergency one)"
+        );
     }
     if let Some(from) = &args.from_secret {
         let next = secrets.get_opt(from).await?.with_context(|| {
@@ -299,13 +305,25 @@ pub async fn ca_rotate(target: &Target, args: &RotateArgs) -> anyhow::Result<Str
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let s = secrets.get(&target.ca_secret).await?;
         if s.annotations().get(ROTATE_HANDLED_ANNOTATION) == Some(&token) {
-            let phase = s
+            let Some(phase) = s
                 .annotations()
                 .get(crate::plan::rollover::PHASE_ANNOTATION)
                 .cloned()
-                .unwrap_or_else(|| "Stable".into());
+            else {
+                // Answered, and nothing started: the controller declined it (its Event says why).
+                bail!(
+                    "the controller declined the rollover {token}; see the CaRolloverDeclined Event: kubectl describe secret {} -n {}",
+                    target.ca_secret,
+                    target.install_namespace
+                );
+            };
+            let mode = s
+                .annotations()
+                .get(crate::plan::rollover::MODE_ANNOTATION)
+                .cloned()
+                .unwrap_or_default();
             return Ok(format!(
-                "CA rollover {token} taken up by the controller: phase {phase}"
+                "CA rollover {token} taken up by the controller: phase {phase}, {mode} mode"
             ));
         }
     }

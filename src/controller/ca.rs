@@ -56,6 +56,10 @@ pub struct SeenCa {
     pub resource_version: Option<String>,
     /// Its annotations as last seen (a user's own are kept on every write).
     pub annotations: BTreeMap<String, String>,
+    /// Loaded with no previous state held, and its signer is not the one tlsid last wrote: it
+    /// was edited while no controller ran. The previous key is gone, so it is adopted as is
+    /// (said loudly), not staged.
+    pub adopted_edit: bool,
 }
 
 /// Parse a CA Secret into what tlsid holds, given what it held before (`held`), to tell a hand
@@ -68,26 +72,30 @@ pub fn seen_from_secret(
     let annotations = secret.metadata.annotations.clone().unwrap_or_default();
     let (state, provenance) = parse_ca_secret(secret, now)?;
     let resource_version = secret.metadata.resource_version.clone();
-    if let Some(held) = held {
-        let signer = state.current.fingerprint();
-        if signer != held.state.current.fingerprint()
-            && provenance.recorded_signer.as_deref() != Some(signer)
-        {
-            return Ok(SeenCa {
-                state: held.state.clone(),
-                request: None,
-                edited: Some(state.current),
-                resource_version,
-                annotations,
-            });
-        }
+    if let Some(held) = held
+        && held.state.edited_into(&state, &provenance)
+    {
+        return Ok(SeenCa {
+            state: held.state.clone(),
+            request: None,
+            edited: Some(state.current),
+            resource_version,
+            annotations,
+            adopted_edit: false,
+        });
     }
+    let adopted_edit = held.is_none()
+        && provenance
+            .recorded_signer
+            .as_deref()
+            .is_some_and(|r| r != state.current.fingerprint());
     Ok(SeenCa {
         state,
         request: provenance.request,
         edited: None,
         resource_version,
         annotations,
+        adopted_edit,
     })
 }
 
@@ -239,6 +247,12 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Ok(Some(seen)) => {
+                if seen.adopted_edit {
+                    error!(
+                        secret = name,
+                        "the CA Secret's signer was replaced while no tlsid controller ran: the previous CA's key is gone, so the new CA signs at once, without a staged rollover; peers that trust only the previous root will refuse new certificates until they get the new bundle. Use tlsid ca rotate --from-secret to change CAs"
+                    );
+                }
                 info!(
                     secret = name,
                     namespace = ctx.config.namespace,

@@ -220,6 +220,39 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
                 },
             }
         }
+        waiting @ (Decision::Defer { .. } | Decision::CaCannotSign { .. }) => {
+            // Not renewed now, but the Secret still follows the trust bundle (a CA rollover
+            // waits for every Secret to hold the next root).
+            let content = match secret
+                .as_ref()
+                .filter(|s| resources::belongs_to(s, identity))
+            {
+                Some(existing) => {
+                    let (id, existing, ca2, pw) = (
+                        identity.clone(),
+                        existing.clone(),
+                        ca.clone(),
+                        obs.password.clone(),
+                    );
+                    let build = move || plan::kept_content(&id, Some(&existing), &ca2, &pw).0;
+                    Some(if identity.spec.pkcs12_wanted().is_some() {
+                        tokio::task::spawn_blocking(build)
+                            .await
+                            .map_err(|source| Error::Task {
+                                object: object_ref(identity),
+                                source,
+                            })?
+                    } else {
+                        build()
+                    })
+                }
+                None => None,
+            };
+            Outcome::Waiting {
+                decision: waiting,
+                content,
+            }
+        }
         other => Outcome::Decided(other),
     };
     let reissue = match &outcome {

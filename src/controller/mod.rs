@@ -383,7 +383,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     // leader (a standby reconciles nothing; the new leader picks everything up from its cache).
     let (reconcile_all_tx, reconcile_all_rx) = futures::channel::mpsc::channel::<()>(1);
     let ca_task = tokio::spawn(ca::watch(ctx.clone(), reconcile_all_tx.clone()));
-    let rollover_task = tokio::spawn(rollover::run(ctx.clone(), reconcile_all_tx.clone()));
+    let rollover_task = tokio::spawn(rollover::run(ctx.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let leader_task = tokio::spawn(leader::run(ctx.clone(), reconcile_all_tx.clone(), stop_rx));
     let policy_task = ctx.config.names.restrict_to_namespace.then(|| {

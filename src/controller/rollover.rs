@@ -19,7 +19,6 @@ use crate::{
         rollover::{self, Action, Consumers, Mode, Phase, Request, Settings, Source, World},
     },
 };
-use futures::{SinkExt, channel::mpsc::Sender};
 use k8s_openapi::{
     api::core::v1::{Pod, Secret},
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -250,6 +249,19 @@ async fn scrape(ip: &str, port: i32) -> std::io::Result<String> {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))?
 }
 
+/// Whether the identity and Secret caches have listed (and the controller is ready).
+async fn caches_synced(ctx: &Context) -> bool {
+    let Some(stores) = ctx.stores.get() else {
+        return false;
+    };
+    let listed = |r: Result<Result<(), _>, _>| matches!(r, Ok(Ok(())));
+    ctx.ready.load(std::sync::atomic::Ordering::Relaxed)
+        && listed(
+            tokio::time::timeout(Duration::from_millis(50), stores.secrets.wait_until_ready())
+                .await,
+        )
+}
+
 /// How often the authority's status may be rewritten when only its counts changed.
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -333,7 +345,7 @@ async fn write_authority(
 }
 
 /// Run the rollover for as long as the controller runs; only the leader acts.
-pub async fn run(ctx: Arc<Context>, mut changed: Sender<()>) {
+pub async fn run(ctx: Arc<Context>) {
     let api = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let name = ctx.config.ca_secret.clone();
     let settings = Settings {
@@ -343,6 +355,9 @@ pub async fn run(ctx: Arc<Context>, mut changed: Sender<()>) {
     let mut warned_expiring: Option<String> = None;
     let mut last_waiting: Option<String> = None;
     let mut last_error: Option<String> = None;
+    // Backoff after steps the apiserver refused.
+    let mut failures: u32 = 0;
+    let mut retry_at: Option<std::time::Instant> = None;
     // The authority status last written (by this replica, in this term) and when.
     let mut written: Option<(TlsAuthorityStatus, std::time::Instant)> = None;
     loop {
@@ -352,6 +367,11 @@ pub async fn run(ctx: Arc<Context>, mut changed: Sender<()>) {
         }
         if ctx.leadership.role() != Role::Leader {
             written = None;
+            continue;
+        }
+        // Nothing is counted from caches that have not listed yet: empty ones would read as
+        // "every Secret holds the bundle, no leaf on the previous CA".
+        if !caches_synced(&ctx).await {
             continue;
         }
         let Some(seen) = ctx.ca_seen() else { continue };
@@ -451,7 +471,8 @@ pub async fn run(ctx: Arc<Context>, mut changed: Sender<()>) {
                 Err(e) => debug!(error = %e, "cannot write the TlsAuthority status; retrying"),
             }
         }
-        if step.action == Action::Nothing {
+        if step.action == Action::Nothing || retry_at.is_some_and(|t| std::time::Instant::now() < t)
+        {
             continue;
         }
         if let Err(e) = act(
@@ -463,11 +484,17 @@ pub async fn run(ctx: Arc<Context>, mut changed: Sender<()>) {
             request.as_ref(),
             now,
             counts.longest_leaf,
-            &mut changed,
         )
         .await
         {
-            warn!(error = %e, action = ?step.action, "CA rollover step not taken; retrying");
+            failures = failures.saturating_add(1);
+            let wait = rollover::POLL
+                .saturating_mul(1 << failures.min(8))
+                .min(Duration::from_secs(300));
+            warn!(error = %e, action = ?step.action, "CA rollover step not taken; retrying in {}s", wait.as_secs());
+            retry_at = Some(std::time::Instant::now() + wait);
+        } else {
+            failures = 0;
         }
     }
 }
@@ -482,7 +509,6 @@ async fn act(
     request: Option<&Request>,
     now: jiff::Timestamp,
     longest_leaf: Duration,
-    changed: &mut Sender<()>,
 ) -> anyhow::Result<()> {
     let mut action = action.clone();
     // The CA a rollover starts with.
@@ -538,18 +564,23 @@ async fn act(
     {
         Ok(w) => w,
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => {
-            debug!("the CA Secret changed under the rollover step; looking again");
-            return Ok(());
+            // The `test` of the resourceVersion failed (another writer came first: the watch
+            // brings its state), or something refused the patch itself.
+            let now_rv = api
+                .get_opt(name)
+                .await?
+                .and_then(|s| s.metadata.resource_version);
+            if now_rv != seen.resource_version {
+                debug!("the CA Secret changed under the rollover step; looking again");
+                return Ok(());
+            }
+            anyhow::bail!("the apiserver refused the CA Secret patch: {}", s.message);
         }
         Err(e) => return Err(e.into()),
     };
-    // Accept what was written at once (the watch brings the same), and reconcile every identity
-    // when what they use changed.
-    if let Ok(accepted) = ca::seen_from_secret(&written, None, now)
-        && ctx.set_ca_seen(accepted)
-    {
-        let _ = changed.send(()).await;
-    }
+    // What was written comes back through the CA watch, in order, which accepts it and
+    // reconciles every identity when their CA changed; the next step waits for it (a step taken
+    // on the state before would fail its resourceVersion test).
     let (kind, reason, note) = describe(&action, &seen.state, &state);
     info!(phase = state.record.phase.as_str(), "{note}");
     if let Action::Begin { trigger, .. } = &action {

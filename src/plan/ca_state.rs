@@ -27,6 +27,12 @@ pub fn cert_view(der: &[u8]) -> crate::api::CaCertificate {
     }
 }
 
+/// How many times tlsid has written the CA Secret's state (each rollover step adds one): a signer
+/// change is tlsid's own only when it comes with a higher count than the state held, so a backup
+/// of an older Secret restored over it, or a hand edit that kept the annotations, is not taken
+/// for one.
+pub const GENERATION_ANNOTATION: &str = "tlsid.dev/ca-generation";
+
 /// `"true"` on a CA Secret whose next CA tlsid generated.
 pub const NEXT_GENERATED_ANNOTATION: &str = "tlsid.dev/next-ca-generated";
 
@@ -47,6 +53,8 @@ pub struct CaState {
     pub next_generated: bool,
     pub previous: Option<Previous>,
     pub record: Record,
+    /// See [`GENERATION_ANNOTATION`].
+    pub generation: u64,
 }
 
 /// What the Secret says besides the state: how it was written.
@@ -69,7 +77,17 @@ impl CaState {
             next_generated: false,
             previous: None,
             record: Record::default(),
+            generation: 0,
         }
+    }
+
+    /// Whether `seen` (just parsed from the Secret, written as `provenance` says) is a hand edit
+    /// of the signer rather than a state tlsid wrote after this one.
+    pub fn edited_into(&self, seen: &CaState, provenance: &Provenance) -> bool {
+        let signer = seen.current.fingerprint();
+        signer != self.current.fingerprint()
+            && !(seen.generation > self.generation
+                && provenance.recorded_signer.as_deref() == Some(signer))
     }
 
     /// Parse the CA Secret's data and annotations.
@@ -149,6 +167,10 @@ impl CaState {
                 next_generated: flag(NEXT_GENERATED_ANNOTATION),
                 previous,
                 record,
+                generation: annotations
+                    .get(GENERATION_ANNOTATION)
+                    .and_then(|g| g.parse().ok())
+                    .unwrap_or(0),
             },
             Provenance {
                 recorded_signer: annotations.get(SIGNER_ANNOTATION).cloned(),
@@ -183,6 +205,7 @@ impl CaState {
             GENERATED_ANNOTATION,
             self.generated.then(|| "true".to_string()),
         );
+        out.insert(GENERATION_ANNOTATION, Some(self.generation.to_string()));
         out.insert(
             NEXT_GENERATED_ANNOTATION,
             (self.next.is_some() && self.next_generated).then(|| "true".to_string()),
@@ -234,6 +257,11 @@ impl CaState {
         now: jiff::Timestamp,
     ) -> Option<String> {
         use crate::pki::subject_of;
+        if next.fingerprint() == self.current.fingerprint() {
+            return Some(
+                "the next CA is the CA that signs now; a rollover needs another CA".into(),
+            );
+        }
         let mut trusted: Vec<Vec<u8>> = vec![self.current.signer_der().to_vec()];
         trusted.extend(self.current.roots().iter().cloned());
         let mut theirs: Vec<Vec<u8>> = vec![next.signer_der().to_vec()];
@@ -286,6 +314,7 @@ impl CaState {
     ) -> Result<Self, CaError> {
         let mut out = self.clone();
         out.record = record;
+        out.generation = self.generation.saturating_add(1);
         match action {
             Action::Begin { .. } => {
                 let (next, generated) = next.ok_or(CaError::Missing("next CA"))?;
@@ -416,12 +445,83 @@ mod tests {
         assert_eq!(s3.data().len(), 3, "{:?}", s3.data().keys());
     }
 
+    /// A CA signed by `root`'s key (an intermediate under the root in use).
+    fn intermediate_under(root: &Authority, cn: &str) -> Authority {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        params.not_before =
+            time::OffsetDateTime::from_unix_timestamp(now().as_second() - 60).unwrap();
+        params.not_after =
+            time::OffsetDateTime::from_unix_timestamp(now().as_second() + 300 * 86400).unwrap();
+        let cert = params.signed_by(&key, &root.issuer().unwrap()).unwrap();
+        Authority::from_pem(
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+            Some(root.bundle_pem().as_bytes()),
+            now(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_newer_state_tlsid_wrote_changes_the_signer() {
+        let a = Authority::generate_root(now()).unwrap();
+        let b = Authority::generate_root(now()).unwrap();
+        let s0 = CaState::stable(a, true);
+        let begin = Action::Begin {
+            trigger: Trigger::Requested,
+            mode: Mode::Normal,
+            source: Source::Generate,
+        };
+        let s1 = s0
+            .apply(
+                &begin,
+                next_record(&s0.record, &begin, now(), None),
+                Some((Arc::new(b), true)),
+                now(),
+            )
+            .unwrap();
+        let switch = Action::Switch {
+            old_leaves_until: None,
+        };
+        let s2 = s1
+            .apply(
+                &switch,
+                next_record(&s1.record, &switch, now(), None),
+                None,
+                now(),
+            )
+            .unwrap();
+        let written = |s: &CaState| Provenance {
+            recorded_signer: Some(s.current.fingerprint().to_string()),
+            request: None,
+        };
+        // tlsid's own switch, seen by a replica holding the state before it (or two before).
+        assert!(!s1.edited_into(&s2, &written(&s2)));
+        assert!(!s0.edited_into(&s2, &written(&s2)));
+        // A backup of the older Secret restored over the newer one: not tlsid's write.
+        assert!(s2.edited_into(&s0, &written(&s0)));
+        // A hand edit that kept tlsid's annotations (kubectl edit): same generation.
+        let mut edited = parse_back(&s1);
+        edited.current = s2.current.clone();
+        let kept_annotations = Provenance {
+            recorded_signer: Some(s1.current.fingerprint().to_string()),
+            request: None,
+        };
+        assert!(s1.edited_into(&edited, &kept_annotations));
+        // Only the bundle changed (a root added by hand): not a signer change.
+        assert!(!s1.edited_into(&s1, &written(&s1)));
+    }
+
     #[test]
     fn an_intermediate_under_a_trusted_root_adds_no_trust() {
         let a = Authority::generate_root(now()).unwrap();
-        let data = a.to_secret_data();
-        // The "next" CA: the same root's certificate and key, as a user might hand it back.
-        let same = Authority::from_pem(&data["tls.crt"], &data["tls.key"], None, now()).unwrap();
+        let same = intermediate_under(&a, "next intermediate");
         let s0 = CaState::stable(a, false);
         let begin = Action::Begin {
             trigger: Trigger::Requested,
@@ -476,10 +576,17 @@ mod tests {
         );
         let good = root_named("corp CA 2", now(), 365);
         assert_eq!(s.refuse_next(&good, day, day, now()), None);
-        // The same CA handed back (an intermediate-only change under a trusted root) is fine.
+        // The CA that signs now, handed back: nothing to roll over to (it would never drain).
         let data = s.current.to_secret_data();
         let again = Authority::from_pem(&data["tls.crt"], &data["tls.key"], None, now()).unwrap();
-        assert_eq!(s.refuse_next(&again, day, day, now()), None);
+        assert!(
+            s.refuse_next(&again, day, day, now())
+                .unwrap()
+                .contains("signs now")
+        );
+        // An intermediate under the root in use is a valid next CA.
+        let under = intermediate_under(&s.current, "corp intermediate");
+        assert_eq!(s.refuse_next(&under, day, day, now()), None);
     }
 
     #[test]

@@ -425,6 +425,14 @@ pub enum Outcome {
     /// The decision called for no work ([`Decision::Blocked`], [`Decision::AwaitFreshStatus`],
     /// [`Decision::Defer`], [`Decision::CaCannotSign`]).
     Decided(Decision),
+    /// A new certificate is needed but must wait ([`Decision::Defer`], [`Decision::CaCannotSign`]);
+    /// meanwhile the certificate stored stays and the Secret is brought up to date with the
+    /// current trust bundle (`content`, from [`kept_content`]): a CA rollover must reach every
+    /// Secret, including those that cannot be renewed now.
+    Waiting {
+        decision: Decision,
+        content: Option<SecretContent>,
+    },
     /// The stored certificate stays; `content` is what the Secret should hold.
     Kept {
         info: Box<CertificateInfo>,
@@ -524,7 +532,23 @@ pub fn finish(obs: &Observed<'_>, outcome: Outcome, demo: DemoOutcome) -> Plan {
         })
     };
 
+    let outcome = match outcome {
+        Outcome::Waiting { decision, content } => {
+            // The stored leaf as it is, with the bundle of the moment.
+            if let (Some(content), Some(secret)) = (content, obs.own_secret())
+                && let Ok((_, info)) = pki::inspect::parse_leaf(&content.tls_crt)
+            {
+                let desired = resources::desired_secret(obs.identity, &content, &info.serial_hex);
+                if resources::secret_needs_update(secret, &desired) {
+                    plan.secret = Some(desired);
+                }
+            }
+            Outcome::Decided(decision)
+        }
+        other => other,
+    };
     match outcome {
+        Outcome::Waiting { .. } => unreachable!("turned into Decided above"),
         Outcome::Decided(Decision::Blocked { reason, message }) => {
             plan.events.extend(not_ready(&mut st, reason, message));
             if reason == Reason::SecretConflict {

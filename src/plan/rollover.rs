@@ -423,6 +423,11 @@ pub fn step(w: &World<'_>, s: &Settings) -> Step {
             ))
         });
     }
+    if r.phase != Phase::Stable && r.since.is_none() {
+        // The phase's start was lost (an annotation removed by hand): record it now rather than
+        // count every wait from "now" forever.
+        return Step::act(Action::Enter(r.phase));
+    }
     match r.phase {
         Phase::Stable => {
             if let Some(req) = w.request {
@@ -467,6 +472,18 @@ pub fn step(w: &World<'_>, s: &Settings) -> Step {
                     "phase {} recorded without a next CA in the Secret",
                     r.phase.as_str()
                 )));
+            }
+            if let Some(next) = w.next
+                && next.not_after < plus(plus(w.now, w.longest_leaf), s.propagation_delay)
+            {
+                return Step::wait(
+                    format!(
+                        "a next CA that lasts longer: this one expires at {}, before a certificate of the longest lifetime served ({} s) issued now would",
+                        next.not_after,
+                        w.longest_leaf.as_secs()
+                    ),
+                    poll,
+                );
             }
             if r.phase == Phase::Publish {
                 if !r.new_trust {

@@ -121,6 +121,15 @@ fn single_steps() {
     let mut w = world(101, &same_root, &gen_ca);
     w.next = Some(&next);
     assert!(matches!(step(&w, &s).action, Action::Switch { .. }));
+    // A phase whose start was lost records it first.
+    let lost = Record {
+        since: None,
+        ..rec(Phase::WaitForTrust, 0)
+    };
+    assert_eq!(
+        step(&world(5, &lost, &gen_ca), &s).action,
+        Action::Enter(Phase::WaitForTrust)
+    );
     // A phase that lacks its CA resets.
     let w = world(101, &publish, &gen_ca);
     assert!(matches!(step(&w, &s).action, Action::Reset(_)));
@@ -158,6 +167,16 @@ fn single_steps() {
             old_leaves_until: Some(t(260 + 3600 + 60))
         }
     );
+    // A next CA that would not outlive the longest leaf holds the switch.
+    let short = facts("b", 100, 2000, true);
+    w.next = Some(&short);
+    assert!(
+        step(&w, &s)
+            .waiting_for
+            .unwrap()
+            .contains("before a certificate of the longest lifetime")
+    );
+    w.next = Some(&next);
     // A Secret that fell behind sends it back to Publish.
     w.secrets_awaiting_bundle = 1;
     assert_eq!(step(&w, &s).action, Action::Enter(Phase::Publish));
