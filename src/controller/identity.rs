@@ -220,9 +220,15 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
                 },
             }
         }
-        waiting @ (Decision::Defer { .. } | Decision::CaCannotSign { .. }) => {
-            // Not renewed now, but the Secret still follows the trust bundle (a CA rollover
-            // waits for every Secret to hold the next root).
+        waiting @ (Decision::Defer { .. }
+        | Decision::CaCannotSign { .. }
+        | Decision::Blocked {
+            reason: Reason::NotPermitted,
+            ..
+        }) => {
+            // Not renewed now (or, for names no longer permitted, ever), but the Secret still
+            // follows the trust bundle: a CA rollover waits for every Secret to hold the next
+            // root, and the pods mounting this one must go on trusting their peers.
             let content = match secret
                 .as_ref()
                 .filter(|s| resources::belongs_to(s, identity))

@@ -77,13 +77,10 @@ struct Counts {
     longest_leaf: Duration,
 }
 
-/// Reasons of `Ready=False` that stop an identity from being served: its Secret is not waited for.
-const BLOCKED: [&str; 4] = [
-    "InvalidSpec",
-    "NotPermitted",
-    "SecretConflict",
-    "UnreadableObject",
-];
+/// Reasons of `Ready=False` under which tlsid writes nothing to the identity's Secret (not ours,
+/// a spec that cannot be applied, an object that cannot be read): its Secret is not waited for.
+/// (Identities waiting to renew, or refused for their names, still get every new bundle.)
+const BLOCKED: [&str; 3] = ["InvalidSpec", "SecretConflict", "UnreadableObject"];
 
 fn count(ctx: &Context, state: &CaState) -> Counts {
     let mut out = Counts::default();

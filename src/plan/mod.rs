@@ -425,7 +425,8 @@ pub enum Outcome {
     /// The decision called for no work ([`Decision::Blocked`], [`Decision::AwaitFreshStatus`],
     /// [`Decision::Defer`], [`Decision::CaCannotSign`]).
     Decided(Decision),
-    /// A new certificate is needed but must wait ([`Decision::Defer`], [`Decision::CaCannotSign`]);
+    /// A new certificate is needed but must wait ([`Decision::Defer`], [`Decision::CaCannotSign`]),
+    /// or is refused for names no longer permitted ([`Decision::Blocked`] `NotPermitted`);
     /// meanwhile the certificate stored stays and the Secret is brought up to date with the
     /// current trust bundle (`content`, from [`kept_content`]): a CA rollover must reach every
     /// Secret, including those that cannot be renewed now.

@@ -110,6 +110,18 @@ fn run_with(
                 keystore_problem,
             }
         }
+        // As the controller does: what must wait still gets the bundle of the moment.
+        waiting @ (Decision::Defer { .. }
+        | Decision::CaCannotSign { .. }
+        | Decision::Blocked {
+            reason: Reason::NotPermitted,
+            ..
+        }) => Outcome::Waiting {
+            decision: waiting,
+            content: obs
+                .own_secret()
+                .map(|s| kept_content(id, Some(s), ca, &obs.password).0),
+        },
         other => Outcome::Decided(other),
     };
     Run {
@@ -449,6 +461,36 @@ fn names_that_stop_being_permitted_are_not_renewed_and_say_so() {
         );
         assert_eq!(cond(&r, READY), ("False", "NotPermitted"));
     }
+}
+
+/// A CA rollover publishes the next root in every identity's Secret, including those that cannot
+/// be renewed now: here, names no longer permitted. The stored certificate stays as it is.
+#[test]
+fn a_secret_that_is_not_renewed_still_follows_the_trust_bundle() {
+    let id = identity(serde_json::json!({"dnsNames": ["web.team.svc"]}));
+    let (mut id, secret) = settled(&id);
+    id.metadata.namespace = Some("elsewhere".into());
+    let next = Authority::generate_root(t0()).unwrap();
+    let mut roots = ca().roots().to_vec();
+    roots.extend(next.roots().iter().cloned());
+    let published = ca().with_roots(&roots, t0()).unwrap();
+    let r = run_with(
+        &id,
+        Some(&secret),
+        KeystorePassword::NotRequested,
+        &published,
+        t0() + secs(60),
+        DemoOutcome::default(),
+    );
+    assert_eq!(cond(&r, READY), ("False", "NotPermitted"));
+    let written = r.plan.secret.expect("the Secret takes the new bundle");
+    let (old, new) = (
+        resources::secret_data(&secret),
+        resources::secret_data(&written),
+    );
+    assert_eq!(new.tls_crt, old.tls_crt, "the certificate stays");
+    assert_eq!(new.tls_key, old.tls_key);
+    assert_eq!(new.ca_crt, Some(published.bundle_pem().as_bytes()));
 }
 
 #[test]
