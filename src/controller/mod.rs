@@ -95,6 +95,8 @@ pub struct Context {
     pub webhook_ready: AtomicBool,
     /// The webhook configuration trusts the CA (always true when no webhook is served).
     pub webhook_trusted: AtomicBool,
+    /// Digest of the bundle the webhook configuration's caBundle was last seen to equal.
+    pub webhook_bundle: RwLock<Option<String>>,
     /// Consecutive errors per object (those that cannot be recorded in its status), for backoff.
     failures: Mutex<HashMap<String, i32>>,
     pub leadership: leader::Leadership,
@@ -141,6 +143,7 @@ impl Context {
             ready: AtomicBool::new(false),
             webhook_ready: AtomicBool::new(no_webhook),
             webhook_trusted: AtomicBool::new(no_webhook),
+            webhook_bundle: RwLock::new(None),
             failures: Mutex::default(),
             leadership,
             budget: Mutex::new(budget),

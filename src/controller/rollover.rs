@@ -89,6 +89,22 @@ fn count(ctx: &Context, state: &CaState) -> Counts {
     };
     let digest = bundle_digest(state.current.bundle_pem().as_bytes());
     let previous = state.previous.as_ref().map(|p| p.fingerprint.as_str());
+    // The apiserver verifies the webhook with the configuration's caBundle: it must trust the
+    // next root before the webhook's certificate is re-issued under it.
+    if ctx
+        .config
+        .webhook
+        .as_ref()
+        .is_some_and(|w| w.configuration.is_some())
+        && ctx
+            .webhook_bundle
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+            != Some(digest.as_str())
+    {
+        out.secrets_awaiting_bundle += 1;
+    }
     for obj in stores.identities.state() {
         if crate::api::install_of(obj.labels()) != ctx.config.install {
             continue;

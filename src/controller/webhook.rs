@@ -308,7 +308,8 @@ async fn keep_leader_objects(ctx: Arc<Context>, cfg: WebhookConfig) {
                 }
             }
         }
-        let trusted = match (&cfg.configuration, ctx.ca()) {
+        let ca_now = ctx.ca();
+        let trusted = match (&cfg.configuration, ca_now.clone()) {
             (None, _) => true,
             (Some(_), None) => false,
             (Some(name), Some(ca)) => {
@@ -339,6 +340,13 @@ async fn keep_leader_objects(ctx: Arc<Context>, cfg: WebhookConfig) {
         };
         ctx.webhook_trusted
             .store(trusted, std::sync::atomic::Ordering::Relaxed);
+        // Which bundle the configuration was last seen to hold (a CA rollover's Publish waits
+        // for the apiserver to trust the next root too).
+        *ctx.webhook_bundle
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = ca_now
+            .filter(|_| trusted)
+            .map(|ca| crate::pki::bundle_digest(ca.bundle_pem().as_bytes()));
         // Quickly while something is missing (an install coming up), at leisure afterwards.
         let wait = if trusted {
             CA_BUNDLE_RECHECK

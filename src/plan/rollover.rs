@@ -294,7 +294,8 @@ pub struct World<'a> {
     pub previous: Option<&'a str>,
     /// An unanswered rollover request.
     pub request: Option<&'a Request>,
-    /// Identity Secrets (of identities being served) whose `ca.crt` is not the CA's bundle.
+    /// Places that do not hold the CA's bundle yet: identity Secrets (of identities being
+    /// served) and the webhook configuration's caBundle.
     pub secrets_awaiting_bundle: u64,
     pub consumers: Consumers,
     /// Workloads that load certificates only at start and have not yet restarted onto the
@@ -496,7 +497,7 @@ pub fn step(w: &World<'_>, s: &Settings) -> Step {
                 if w.secrets_awaiting_bundle > 0 {
                     return Step::wait(
                         format!(
-                            "{} identity Secret(s) to take the bundle with the next root",
+                            "{} identity Secret(s) or webhook caBundle to take the bundle with the next root",
                             w.secrets_awaiting_bundle
                         ),
                         poll,
