@@ -318,10 +318,11 @@ pub struct Settings {
     pub rotate_at: f64,
 }
 
-/// Default for `--trust-propagation-delay`: the kubelet refreshes a mounted Secret on its sync
-/// loop (syncFrequency 1 m, plus up to 1 m of jitter, plus its cache TTL of 1 m for the default
-/// `Watch`-less strategies), so a file changes at most ~3 m after the Secret; an app polling its
-/// files every minute adds one more; 5 m covers both with a margin.
+/// Default for `--trust-propagation-delay`: the kubelet rewrites a mounted Secret's files on its
+/// periodic pod sync (syncFrequency 1 m, up to 50 % jitter: ≤ 90 s) once its copy of the Secret
+/// changed (the default `Watch` strategy: seconds; `Cache`: up to a 1 m TTL more), so a file
+/// changes at most ~2.5 m after the Secret; an app polling its files every minute adds one more;
+/// 5 m covers both with a margin.
 pub const DEFAULT_PROPAGATION_DELAY: Duration = Duration::from_secs(300);
 /// Default rotation point of a generated root: two thirds of its life.
 pub const DEFAULT_ROTATE_AT: f64 = 2.0 / 3.0;
