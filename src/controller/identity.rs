@@ -24,6 +24,24 @@ use kube::{
 use std::{sync::Arc, time::Duration};
 use tracing::{debug, info, warn};
 
+/// Build Secret content with `work`: off the async workers when keystores may need building (key
+/// derivation); without them it is a copy of a few bytes, done in place.
+async fn keystore_work<T: Send + 'static>(
+    identity: &TlsIdentity,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    if identity.spec.pkcs12_wanted().is_some() {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|source| Error::Task {
+                object: object_ref(identity),
+                source,
+            })
+    } else {
+        Ok(work())
+    }
+}
+
 /// Reconcile one object of the watch. An object that does not deserialize is reported on itself
 /// and left alone: it never stops the others from being served.
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -151,19 +169,10 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
                 ca.clone(),
                 obs.password.clone(),
             );
-            let content = move || plan::kept_content(&id, existing.as_ref(), &ca2, &pw);
-            // Keystores may need building (key derivation): off the async workers. Without
-            // them this is a copy of a few bytes, done in place.
-            let (content, keystore_problem) = if identity.spec.pkcs12_wanted().is_some() {
-                tokio::task::spawn_blocking(content)
-                    .await
-                    .map_err(|source| Error::Task {
-                        object: object_ref(identity),
-                        source,
-                    })?
-            } else {
-                content()
-            };
+            let (content, keystore_problem) = keystore_work(identity, move || {
+                plan::kept_content(&id, existing.as_ref(), &ca2, &pw)
+            })
+            .await?;
             Outcome::Kept {
                 info,
                 renew_at,
@@ -240,17 +249,12 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
                         ca.clone(),
                         obs.password.clone(),
                     );
-                    let build = move || plan::kept_content(&id, Some(&existing), &ca2, &pw).0;
-                    Some(if identity.spec.pkcs12_wanted().is_some() {
-                        tokio::task::spawn_blocking(build)
-                            .await
-                            .map_err(|source| Error::Task {
-                                object: object_ref(identity),
-                                source,
-                            })?
-                    } else {
-                        build()
-                    })
+                    Some(
+                        keystore_work(identity, move || {
+                            plan::kept_content(&id, Some(&existing), &ca2, &pw).0
+                        })
+                        .await?,
+                    )
                 }
                 None => None,
             };
