@@ -40,6 +40,33 @@ enum Command {
     /// The mTLS demo workloads: a server and a client that reload rotated certificates.
     #[command(subcommand)]
     Demo(DemoCommand),
+    /// One identity on one screen: conditions, the certificate, its Secret, consumers, Events.
+    Status {
+        #[command(flatten)]
+        target: tlsid::cli::Target,
+        #[command(flatten)]
+        scope: tlsid::cli::Scope,
+        /// The TlsIdentity.
+        name: String,
+    },
+    /// Ask for new certificates now (the `tlsid.dev/renew` annotation), and wait for them.
+    Renew {
+        #[command(flatten)]
+        target: tlsid::cli::Target,
+        #[command(flatten)]
+        scope: tlsid::cli::Scope,
+        #[command(flatten)]
+        args: tlsid::cli::RenewArgs,
+    },
+    /// Decode objects without printing key material.
+    Inspect {
+        #[command(flatten)]
+        target: tlsid::cli::Target,
+        #[command(flatten)]
+        scope: tlsid::cli::Scope,
+        #[command(subcommand)]
+        command: InspectCommand,
+    },
     /// The install's CA: its rollover state, and starting a rollover.
     Ca {
         #[command(flatten)]
@@ -56,6 +83,16 @@ enum CaCommand {
     Status,
     /// Start a staged rollover to a new generated root, or to your own next CA (--from-secret).
     Rotate(tlsid::cli::RotateArgs),
+}
+
+#[derive(Subcommand)]
+enum InspectCommand {
+    /// Any `kubernetes.io/tls` Secret: the chain, the names, the expiry, which root it chains to
+    /// (in its `ca.crt` and in the install's trust bundle), and whether the key matches.
+    Secret {
+        /// The Secret.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -269,6 +306,37 @@ async fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("write {}", path.display()))?;
             }
             Ok(())
+        }
+        Command::Status {
+            target,
+            scope,
+            name,
+        } => {
+            install_crypto_provider();
+            let report = tlsid::cli::status(&target, &scope, &name).await?;
+            tlsid::cli::print_identity(target.output, &report)
+        }
+        Command::Renew {
+            target,
+            scope,
+            args,
+        } => {
+            install_crypto_provider();
+            let report = tlsid::cli::renew(&target, &scope, &args).await?;
+            tlsid::cli::print_renew(target.output, &report)?;
+            if !report.all_renewed() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Inspect {
+            target,
+            scope,
+            command: InspectCommand::Secret { name },
+        } => {
+            install_crypto_provider();
+            let report = tlsid::cli::inspect_secret(&target, &scope, &name).await?;
+            tlsid::cli::print_secret(target.output, &report)
         }
         Command::Ca { target, command } => {
             install_crypto_provider();

@@ -121,6 +121,40 @@ impl Authority {
         )
     }
 
+    /// A new intermediate CA named `common_name` under `root` (ECDSA P-256, pathLen 0), valid
+    /// from a minute before `now` for `lifetime`: what a user brings when their PKI signs tlsid's
+    /// CA. Its bundle is `root`'s.
+    pub fn generate_intermediate(
+        root: &Authority,
+        common_name: &str,
+        now: jiff::Timestamp,
+        lifetime: std::time::Duration,
+    ) -> Result<Self, CaError> {
+        let gen_err = |e: rcgen::Error| CaError::Generate(e.to_string());
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.serial_number = Some(random_serial());
+        params.not_before = to_offset(now - jiff::SignedDuration::from_secs(60))
+            .map_err(|e| CaError::Generate(e.to_string()))?;
+        params.not_after =
+            to_offset(now + lifetime).map_err(|e| CaError::Generate(e.to_string()))?;
+        let issuer = root
+            .issuer()
+            .map_err(|e| CaError::Generate(e.to_string()))?;
+        let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
+        Self::from_pem(
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+            Some(root.bundle_pem().as_bytes()),
+            now,
+        )
+    }
+
     /// Load and check a CA from the three Secret keys.
     pub fn from_pem(
         tls_crt: &[u8],

@@ -447,23 +447,11 @@ mod tests {
 
     /// A CA signed by `root`'s key (an intermediate under the root in use).
     fn intermediate_under(root: &Authority, cn: &str) -> Authority {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::default();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
-        params.not_before =
-            time::OffsetDateTime::from_unix_timestamp(now().as_second() - 60).unwrap();
-        params.not_after =
-            time::OffsetDateTime::from_unix_timestamp(now().as_second() + 300 * 86400).unwrap();
-        let cert = params.signed_by(&key, &root.issuer().unwrap()).unwrap();
-        Authority::from_pem(
-            cert.pem().as_bytes(),
-            key.serialize_pem().as_bytes(),
-            Some(root.bundle_pem().as_bytes()),
+        Authority::generate_intermediate(
+            root,
+            cn,
             now(),
+            std::time::Duration::from_secs(300 * 86400),
         )
         .unwrap()
     }

@@ -1,8 +1,6 @@
-//! The operator's commands (`tlsid ca ...`), usable as a kubectl plugin (`kubectl tlsid ...` via a
-//! `kubectl-tlsid` name). They honour `KUBECONFIG` and `--context` as kubectl does; the install's
-//! namespace is a named flag (`--install-namespace`), so `-n` can stay the namespace of
-//! identities. Output is text for people, `-o json` for scripts.
+//! `tlsid ca status` and `tlsid ca rotate`.
 
+use super::{Target, client};
 use crate::{
     api::TlsIdentity,
     plan::rollover::{
@@ -11,59 +9,12 @@ use crate::{
     },
 };
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::{Event, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     api::{ListParams, Patch, PatchParams},
-    config::KubeConfigOptions,
 };
 use serde::Serialize;
-
-/// Where the install lives and how to reach the cluster.
-#[derive(Clone, Debug, clap::Args)]
-pub struct Target {
-    /// The kubeconfig context to use (default: the current context).
-    #[arg(long, global = true)]
-    pub context: Option<String>,
-    /// The namespace of the tlsid install (its CA Secret).
-    #[arg(
-        long,
-        global = true,
-        default_value = "tlsid-system",
-        env = "TLSID_INSTALL_NAMESPACE"
-    )]
-    pub install_namespace: String,
-    /// The install's CA Secret.
-    #[arg(long, global = true, default_value = "tlsid-ca")]
-    pub ca_secret: String,
-    /// The install's name (the identities it serves: label `tlsid.dev/install`).
-    #[arg(long, global = true, default_value = crate::api::DEFAULT_INSTALL)]
-    pub install: String,
-    /// Output format.
-    #[arg(short, long, global = true, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
-
-pub async fn client(target: &Target) -> anyhow::Result<Client> {
-    let options = KubeConfigOptions {
-        context: target.context.clone(),
-        ..Default::default()
-    };
-    let config = match kube::Config::from_kubeconfig(&options).await {
-        Ok(c) => c,
-        Err(e) if target.context.is_some() => return Err(e).context("reading the kubeconfig"),
-        Err(_) => kube::Config::infer()
-            .await
-            .context("finding a kubeconfig")?,
-    };
-    Client::try_from(config).context("building a Kubernetes client")
-}
 
 /// What `tlsid ca status` shows: the CA Secret's state (the fields of a TlsAuthority's status),
 /// counted from the identities, and the CA Secret's recent Events.
@@ -117,35 +68,17 @@ pub async fn ca_status(target: &Target) -> anyhow::Result<CaStatus> {
             on_other += 1;
         }
     }
-    let events: Api<Event> = Api::namespaced(client, &target.install_namespace);
-    let mut recent: Vec<Event> = events
-        .list(&ListParams::default().fields(&format!(
-            "involvedObject.name={},involvedObject.kind=Secret",
-            target.ca_secret
-        )))
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default();
-    recent.sort_by_key(|e| {
-        e.event_time
-            .as_ref()
-            .map(|t| t.0.as_second())
-            .or(e.last_timestamp.as_ref().map(|t| t.0.as_second()))
-            .unwrap_or_default()
-    });
-    let recent_events = recent
-        .iter()
-        .rev()
-        .take(5)
-        .map(|e| {
-            format!(
-                "{} {}: {}",
-                e.type_.as_deref().unwrap_or_default(),
-                e.reason.as_deref().unwrap_or_default(),
-                e.message.as_deref().unwrap_or_default()
-            )
-        })
-        .collect();
+    let recent_events = super::recent_events(
+        &client,
+        &target.install_namespace,
+        "Secret",
+        &target.ca_secret,
+        5,
+    )
+    .await
+    .into_iter()
+    .map(|e| format!("{} {}: {}", e.type_, e.reason, e.message))
+    .collect();
     Ok(CaStatus {
         secret: format!("{}/{}", target.install_namespace, target.ca_secret),
         state: crate::api::TlsAuthorityStatus {
