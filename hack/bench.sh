@@ -20,6 +20,8 @@
 #   TLSID_BENCH_CONTROLLER_PORT (default 19080); the control plane's state
 #   dir and ports are profile bench of hack/profiles.tsv
 #   TLSID_BENCH_NO_BUILD=1   use the binaries already in target/release
+#   TLSID_BENCH_PUBLISH=DIR  also copy the report and its plot to DIR/bench.md and
+#                            DIR/bench.svg (`make bench-large` publishes to docs/)
 #   TLSID_CACHE              cache root (default ~/.cache/tlsid); the cluster
 #                            lives in $TLSID_CACHE/bench-cluster
 set -euo pipefail
@@ -57,7 +59,7 @@ TLSID="${ROOT}/target/release/tlsid"
 [[ -x ${TLSID} ]] || die "${TLSID} not built"
 
 mkdir -p "${OUT}"
-rm -f "${OUT}"/row-*.json "${OUT}/report.md" "${OUT}"/controller-*.log "${OUT}/kube-apiserver.log"
+rm -f "${OUT}"/row-*.json "${OUT}/report.md" "${OUT}/report.svg" "${OUT}"/controller-*.log "${OUT}/kube-apiserver.log"
 
 # --- cluster + teardown --------------------------------------------------------
 CONTROLLER_PID=""
@@ -125,4 +127,14 @@ for n in ${SIZES}; do
 done
 
 "${BENCH_EXE}" report
+if [[ -n ${TLSID_BENCH_PUBLISH:-} ]]; then
+  mkdir -p "${TLSID_BENCH_PUBLISH}"
+  {
+    printf '<!-- Written by `make bench-large` (hack/bench.sh) on %s, commit %s. -->\n\n' \
+      "$(date -u +%Y-%m-%d)" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    sed 's/(report\.svg)/(bench.svg)/' "${OUT}/report.md"
+  } >"${TLSID_BENCH_PUBLISH}/bench.md"
+  cp "${OUT}/report.svg" "${TLSID_BENCH_PUBLISH}/bench.svg"
+  log "published ${TLSID_BENCH_PUBLISH}/bench.md and bench.svg"
+fi
 log "controller and apiserver logs in ${OUT}"

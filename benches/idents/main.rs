@@ -1,0 +1,132 @@
+//! `make bench` / `hack/bench.sh`: tlsid against a real control plane.
+//!
+//! Not a micro-benchmark (harness = false): one run per N measures, against the apiserver that
+//! `hack/bench.sh` starts and a controller process it runs for this N,
+//!
+//! - calibration: the time the apiserver takes to create N plain `kubernetes.io/tls` Secrets of
+//!   the size tlsid writes, with the same client concurrency, no controller involved;
+//! - the time from the first of N `TlsIdentity` creates until all N are Ready (each Secret is then
+//!   checked: `tls.crt` parses and is signed by a certificate in `ca.crt`, `tls.key` is a key);
+//! - mutating API requests per issuance, from the apiserver's `apiserver_request_total`, by
+//!   resource (Secrets, identity status, Events), minus the bench's own N creates;
+//! - mutating API requests during an idle window after convergence;
+//! - the controller's peak RSS (`VmHWM`).
+//!
+//! Usage (normally through `hack/bench.sh`):
+//!
+//! ```text
+//! idents run      # one N; environment below; writes <out>/row-<N>.json
+//! idents report   # every row-*.json -> markdown table on stdout and <out>/report.md
+//! ```
+//!
+//! `run` reads KUBECONFIG and
+//! `TLSID_BENCH_N`, `TLSID_BENCH_NAMESPACE` (identities; calibration uses `<ns>-cal`),
+//! `TLSID_BENCH_CONTROLLER_PID`, `TLSID_BENCH_CONTROLLER_METRICS` (host:port of its /metrics),
+//! `TLSID_BENCH_CONTROLLER_CONCURRENCY` (only reported), `TLSID_BENCH_IDLE_SECS` (default 60),
+//! `TLSID_BENCH_PARALLELISM` (client in-flight creates, default 32),
+//! `TLSID_BENCH_TIMEOUT_SECS` (default 600), `TLSID_BENCH_OUT` (default target/bench), and for
+//! the CPU figures `TLSID_BENCH_APISERVER_PID`, `TLSID_BENCH_ETCD_PID`.
+//!
+//! Besides the table, the log shows every apiserver request made while converging (by verb,
+//! resource and code), their mean latencies, CPU used by each process, and any change made to an
+//! identity after it was first seen Ready (with a diff of a few): the evidence for the figures.
+//!
+//! Exit status: 0 when the figures were measured (aims met or not), non-zero when something broke
+//! (identities not Ready within the timeout, an invalid Secret, an API error).
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{Namespace, Secret},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, ObjectMeta, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+use tlsid::api::{TlsIdentity, TlsIdentitySpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+// Aims from the scale issue (#12): all N Ready within 3x the calibration; at most 2 writes plus 1
+// Event per issuance, and 4 API requests in all; no write when idle; peak RSS under 24 MiB at
+// 1,000 and under 100 MiB at 10,000.
+const AIM_WRITES_PER_ISSUANCE: f64 = 3.0;
+const AIM_REQUESTS_PER_ISSUANCE: f64 = 4.0;
+const AIM_IDLE_WRITES: u64 = 0;
+const AIM_READY_RATIO: f64 = 3.0;
+
+/// The peak RSS aim for a run of `n` identities, if there is one at that size.
+fn aim_rss_mib(n: usize) -> Option<f64> {
+    match n {
+        10_000.. => Some(100.0),
+        1_000.. => Some(24.0),
+        _ => None,
+    }
+}
+
+/// Sizes of the values in a tlsid Secret with the default key (ECDSA P-256) and a one-name spec,
+/// as measured on a real run (`secret bytes` in the report shows the actual mean next to this).
+const CAL_TLS_CRT: usize = 734;
+const CAL_TLS_KEY: usize = 241;
+const CAL_CA_CRT: usize = 650;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    match args.first().map(String::as_str) {
+        Some("run") => {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            if let Err(e) = RunConfig::from_env().and_then(|cfg| rt.block_on(run(cfg))) {
+                // One line, no backtrace: the cause is what matters here.
+                eprintln!("idents: error: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Some("report") => report(&out_dir()),
+        _ => {
+            // Plain `cargo bench` lands here: the bench needs a control plane and a controller.
+            eprintln!(
+                "idents: needs a control plane and a controller; run `hack/bench.sh` (or `make bench`)."
+            );
+            eprintln!("usage: idents run | idents report   (see benches/idents.rs)");
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn log(msg: &str) {
+    eprintln!("idents: {msg}");
+}
+
+mod apiserver;
+mod bulk;
+mod config;
+mod objects;
+mod plot;
+mod process;
+mod report;
+mod row;
+mod watch;
+
+use apiserver::*;
+use bulk::*;
+use config::*;
+use objects::*;
+use plot::*;
+use process::*;
+use report::*;
+use row::*;
+use watch::*;
