@@ -510,23 +510,35 @@ pub async fn renew(
         jiff::Timestamp::now().as_second(),
         rand::random::<u32>()
     );
-    let mut renewals = vec![];
-    for id in &chosen {
-        let (idns, name) = (id.namespace().unwrap_or_default(), id.name_any());
-        let patch = serde_json::json!({"metadata": {"annotations": {RENEW_ANNOTATION: token}}});
-        Api::<TlsIdentity>::namespaced(client.clone(), &idns)
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .with_context(|| format!("annotating TlsIdentity {idns}/{name}"))?;
-        renewals.push(Renewal {
-            namespace: idns,
-            name,
-            request: token.clone(),
-            serial_before: id.status.as_ref().and_then(|s| s.serial_number.clone()),
-            serial_after: None,
-            outcome: None,
-        });
-    }
+    // Annotate a few at a time: `--all` over thousands should take seconds, not minutes, without
+    // flooding the apiserver.
+    let renewals: Vec<Renewal> = futures::stream::iter(&chosen)
+        .map(|id| {
+            let (client, token) = (client.clone(), token.clone());
+            async move {
+                let (idns, name) = (id.namespace().unwrap_or_default(), id.name_any());
+                let patch =
+                    serde_json::json!({"metadata": {"annotations": {RENEW_ANNOTATION: token}}});
+                Api::<TlsIdentity>::namespaced(client, &idns)
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .with_context(|| format!("annotating TlsIdentity {idns}/{name}"))?;
+                anyhow::Ok(Renewal {
+                    namespace: idns,
+                    name,
+                    request: token,
+                    serial_before: id.status.as_ref().and_then(|s| s.serial_number.clone()),
+                    serial_after: None,
+                    outcome: None,
+                })
+            }
+        })
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let mut renewals = renewals;
     if args.wait {
         wait_renewed(
             &api,
