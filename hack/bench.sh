@@ -2,10 +2,12 @@
 # `make bench`: tlsid against a real control plane (etcd + kube-apiserver).
 #
 # For each N (default 100 and 1000): a fresh namespace, a fresh controller
-# process watching it, then benches/idents.rs measures calibration (N plain
+# process watching it, then benches/idents/ measures calibration (N plain
 # Secrets), N TlsIdentities created at once -> all Ready and Secrets valid,
-# mutating API requests per issuance, writes during an idle window, and the
-# controller's peak RSS. Prints a markdown table (also target/bench/report.md).
+# mutating API requests per issuance, writes during an idle window, the
+# controller's peak RSS, and a restart (SIGTERM, start: writes, time to catch
+# up). Prints markdown tables (also target/bench/report.md, with report.svg:
+# identities Ready over time).
 #
 # Exit 0 when the figures were measured, aims met or not; non-zero when
 # something broke (build, cluster, identities never Ready...).
@@ -18,7 +20,7 @@
 #   TLSID_BENCH_TIMEOUT_SECS per-N limit for all Ready (default 600)
 #   TLSID_BENCH_OUT          output dir (default target/bench)
 #   TLSID_BENCH_CONTROLLER_PORT (default 19080); the control plane's state
-#   dir and ports are profile bench of hack/profiles.tsv
+#   dir and ports are profile TLSID_BENCH_PROFILE (default bench) of hack/profiles.tsv
 #   TLSID_BENCH_NO_BUILD=1   use the binaries already in target/release
 #   TLSID_BENCH_PUBLISH=DIR  also copy the report and its plot to DIR/bench.md and
 #                            DIR/bench.svg (`make bench-large` publishes to docs/)
@@ -35,7 +37,7 @@ SIZES="${TLSID_BENCH_SIZES:-100 1000}"
 OUT="$(realpath -m "${TLSID_BENCH_OUT:-target/bench}")"
 CONTROLLER_PORT="${TLSID_BENCH_CONTROLLER_PORT:-19080}"
 CA_NAMESPACE=tlsid-bench-system
-tlsid_profile bench
+tlsid_profile "${TLSID_BENCH_PROFILE:-bench}"
 export TLSID_BENCH_OUT="${OUT}"
 
 log() { printf 'bench.sh: %s\n' "$*" >&2; }
@@ -97,32 +99,43 @@ KUBECTL="$(tlsid_bin kubectl)"
 "${KUBECTL}" create namespace "${CA_NAMESPACE}" >&2
 
 # --- one controller per N ------------------------------------------------------
-for n in ${SIZES}; do
-  ns="bench-${n}"
-  log "N=${n}: starting the controller (watching ${ns}; log ${OUT}/controller-${n}.log)"
-  args=(controller --watch-namespace "${ns}" --namespace "${CA_NAMESPACE}" --listen "127.0.0.1:${CONTROLLER_PORT}")
+# start_controller N: a controller watching bench-N, logging (appending) to controller-N.log;
+# returns once it answers /readyz.
+start_controller() {
+  local n=$1 ns="bench-$1"
+  local args=(controller --watch-namespace "${ns}" --namespace "${CA_NAMESPACE}" --listen "127.0.0.1:${CONTROLLER_PORT}")
   [[ -n ${TLSID_BENCH_CONCURRENCY:-} ]] && args+=(--concurrency "${TLSID_BENCH_CONCURRENCY}")
-  "${TLSID}" "${args[@]}" >"${OUT}/controller-${n}.log" 2>&1 &
+  "${TLSID}" "${args[@]}" >>"${OUT}/controller-${n}.log" 2>&1 &
   CONTROLLER_PID=$!
-  ready=false
   for _ in $(seq 300); do
     kill -0 "${CONTROLLER_PID}" 2>/dev/null || { tail -20 "${OUT}/controller-${n}.log" >&2; die "controller exited"; }
     if [[ "$(curl -fsS --max-time 1 "http://127.0.0.1:${CONTROLLER_PORT}/readyz" 2>/dev/null)" == ready ]]; then
-      ready=true
-      break
+      return 0
     fi
     sleep 0.2
   done
-  [[ ${ready} == true ]] || { tail -20 "${OUT}/controller-${n}.log" >&2; die "controller not ready after 60s"; }
+  tail -20 "${OUT}/controller-${n}.log" >&2
+  die "controller not ready after 60s"
+}
 
-  TLSID_BENCH_N="${n}" \
-    TLSID_BENCH_NAMESPACE="${ns}" \
+for n in ${SIZES}; do
+  ns="bench-${n}"
+  log "N=${n}: starting the controller (watching ${ns}; log ${OUT}/controller-${n}.log)"
+  start_controller "${n}"
+  export TLSID_BENCH_N="${n}" TLSID_BENCH_CONTROLLER_METRICS="127.0.0.1:${CONTROLLER_PORT}"
+  TLSID_BENCH_NAMESPACE="${ns}" \
     TLSID_BENCH_CONTROLLER_PID="${CONTROLLER_PID}" \
-    TLSID_BENCH_CONTROLLER_METRICS="127.0.0.1:${CONTROLLER_PORT}" \
     TLSID_BENCH_CONTROLLER_CONCURRENCY="${TLSID_BENCH_CONCURRENCY:-16}" \
     TLSID_BENCH_APISERVER_PID="$(cat "${TLSID_CLUSTER_DIR}/pids/kube-apiserver.pid" 2>/dev/null || true)" \
     TLSID_BENCH_ETCD_PID="$(cat "${TLSID_CLUSTER_DIR}/pids/etcd.pid" 2>/dev/null || true)" \
     "${BENCH_EXE}" run
+  # Restart with N converged: SIGTERM (the Lease is released), start again, measure.
+  log "N=${n}: restarting the controller"
+  "${BENCH_EXE}" restart-mark
+  stop_controller
+  started_ms=$(date +%s%3N)
+  start_controller "${n}"
+  TLSID_BENCH_STARTED_MS="${started_ms}" "${BENCH_EXE}" restart-measure
   stop_controller
 done
 

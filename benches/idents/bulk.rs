@@ -281,6 +281,7 @@ pub(crate) async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         cpu,
         loadavg,
         ready_curve,
+        restart: None,
     };
     std::fs::create_dir_all(&cfg.out)?;
     let path = cfg.out.join(format!("row-{n}.json"));

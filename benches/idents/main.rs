@@ -16,7 +16,9 @@
 //!
 //! ```text
 //! idents run      # one N; environment below; writes <out>/row-<N>.json
-//! idents report   # every row-*.json -> markdown table on stdout and <out>/report.md
+//! idents restart-mark     # before the controller is restarted (see restart.rs)
+//! idents restart-measure  # after: TLSID_BENCH_STARTED_MS; adds the restart to row-<N>.json
+//! idents report   # every row-*.json -> markdown tables on stdout, <out>/report.md and report.svg
 //! ```
 //!
 //! `run` reads KUBECONFIG and
@@ -61,6 +63,7 @@ const AIM_WRITES_PER_ISSUANCE: f64 = 3.0;
 const AIM_REQUESTS_PER_ISSUANCE: f64 = 4.0;
 const AIM_IDLE_WRITES: u64 = 0;
 const AIM_READY_RATIO: f64 = 3.0;
+const AIM_RESTART_S: f64 = 15.0;
 
 /// The peak RSS aim for a run of `n` identities, if there is one at that size.
 fn aim_rss_mib(n: usize) -> Option<f64> {
@@ -96,12 +99,40 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("report") => report(&out_dir()),
+        Some(cmd @ ("restart-mark" | "restart-measure")) => {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let n: usize = env_req("TLSID_BENCH_N")?.parse().context("TLSID_BENCH_N")?;
+            let result = if cmd == "restart-mark" {
+                rt.block_on(restart::mark(n, &out_dir()))
+            } else {
+                let started_ms: i64 = env_req("TLSID_BENCH_STARTED_MS")?
+                    .parse()
+                    .context("TLSID_BENCH_STARTED_MS")?;
+                rt.block_on(restart::measure(
+                    n,
+                    &out_dir(),
+                    &env_req("TLSID_BENCH_CONTROLLER_METRICS")?,
+                    started_ms,
+                    Duration::from_secs(env_or("TLSID_BENCH_TIMEOUT_SECS", 600u64)?),
+                ))
+            };
+            if let Err(e) = result {
+                eprintln!("idents: error: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         _ => {
             // Plain `cargo bench` lands here: the bench needs a control plane and a controller.
             eprintln!(
                 "idents: needs a control plane and a controller; run `hack/bench.sh` (or `make bench`)."
             );
-            eprintln!("usage: idents run | idents report   (see benches/idents.rs)");
+            eprintln!(
+                "usage: idents run | restart-mark | restart-measure | report   (see benches/idents/)"
+            );
             Ok(())
         }
     }
@@ -118,6 +149,7 @@ mod objects;
 mod plot;
 mod process;
 mod report;
+mod restart;
 mod row;
 mod watch;
 
@@ -128,5 +160,6 @@ use objects::*;
 use plot::*;
 use process::*;
 use report::*;
+use restart::Restart;
 use row::*;
 use watch::*;

@@ -69,6 +69,28 @@ pub(crate) fn report(out: &Path) -> anyhow::Result<()> {
             rss_aim,
         ));
     }
+    if rows.iter().any(|r| r.restart.is_some()) {
+        md.push_str(
+            "\nRestart: with N converged, the controller stopped (SIGTERM) and started again.\n\n",
+        );
+        md.push_str("| N | caught up s (ready, every identity reconciled) | aim ≤15 | writes (secrets/status/events) | aim 0 | reconciliations |\n");
+        md.push_str("|---:|---:|:---:|---|:---:|---:|\n");
+        for r in &rows {
+            let Some(x) = &r.restart else { continue };
+            md.push_str(&format!(
+                "| {} | {:.2} | {} | {} ({}/{}/{}) | {} | {} |\n",
+                r.n,
+                x.caught_up_s,
+                yes_no(x.caught_up_s <= AIM_RESTART_S),
+                x.writes.total(),
+                x.writes.secrets,
+                x.writes.status,
+                x.writes.events,
+                yes_no(x.writes.total() == 0),
+                x.reconciliations,
+            ));
+        }
+    }
     md.push_str("\nTiming (seconds from the first identity create unless noted):\n\n");
     md.push_str("| N | N identities created, no controller (s) | identity creates returned | 50% Ready | 90% Ready | 100% Ready | Ready/s | controller concurrency | client in-flight | reconciles/identity | mean reconcile ms | apiserver CPU cores in calibration | CPU cores while converging: apiserver / etcd / controller / bench / machine | load avg before |\n");
     md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");

@@ -59,6 +59,9 @@ pub(crate) struct Row {
     /// 200 points (for the plot).
     #[serde(default)]
     pub(crate) ready_curve: Vec<(f64, usize)>,
+    /// The restart scenario, when run.
+    #[serde(default)]
+    pub(crate) restart: Option<Restart>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Default, Clone, Copy)]
