@@ -293,7 +293,17 @@ fn init_logging(format: LogFormat) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    // As a kubectl plugin (`kubectl tlsid ...` runs `kubectl-tlsid`), help and errors say so.
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let invoked_as = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    if invoked_as.as_deref() == Some("kubectl-tlsid") {
+        command = command.bin_name("kubectl tlsid");
+    }
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&command.get_matches())
+        .unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Crd { dir: None } => {
             print!("{}", tlsid::crd_yaml()?);

@@ -397,6 +397,16 @@ async fn status_renew_and_inspect() {
         bin.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    let help = Command::new(kubectl())
+        .args(["tlsid", "status", "--help"])
+        .env("PATH", &path)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("Usage: kubectl tlsid status"),
+        "{}",
+        String::from_utf8_lossy(&help.stdout)
+    );
     let out = Command::new(kubectl())
         .args([
             "tlsid",
