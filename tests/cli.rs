@@ -165,6 +165,9 @@ async fn status_renew_and_inspect() {
     .expect("the TlsAuthority within 60 s")
     .expect("watch");
 
+    // Events follow the status write: the golden below shows the three Issued ones.
+    events_at_least(&env.ids.clone().into_client(), &ns, "Issued", 3).await;
+
     // status: one screen, from the identity, its Secret, the install's TlsAuthority and Events.
     let status = run_json(&["status", "web"]);
     assert_eq!(status["serial"], serial(&web), "{status}");
