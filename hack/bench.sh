@@ -5,8 +5,8 @@
 # process watching it, then benches/idents/ measures calibration (N plain
 # Secrets), N TlsIdentities created at once -> all Ready and Secrets valid,
 # mutating API requests per issuance, writes during an idle window, the
-# controller's peak RSS, and a restart (SIGTERM, start: writes, time to catch
-# up). Prints markdown tables (also target/bench/report.md, with report.svg:
+# controller's peak RSS, a restart (SIGTERM, start: writes, time to catch
+# up) and a CA change (emergency rollover: time and writes to re-issue all). Prints markdown tables (also target/bench/report.md, with report.svg:
 # identities Ready over time).
 #
 # Exit 0 when the figures were measured, aims met or not; non-zero when
@@ -22,6 +22,7 @@
 #   TLSID_BENCH_CONTROLLER_PORT (default 19080); the control plane's state
 #   dir and ports are profile TLSID_BENCH_PROFILE (default bench) of hack/profiles.tsv
 #   TLSID_BENCH_NO_BUILD=1   use the binaries already in target/release
+#   TLSID_BENCH_PROPAGATION_DELAY  the controller's --trust-propagation-delay (default 5s)
 #   TLSID_BENCH_PUBLISH=DIR  also copy the report and its plot to DIR/bench.md and
 #                            DIR/bench.svg (`make bench-large` publishes to docs/)
 #   TLSID_CACHE              cache root (default ~/.cache/tlsid); the cluster
@@ -103,7 +104,9 @@ KUBECTL="$(tlsid_bin kubectl)"
 # returns once it answers /readyz.
 start_controller() {
   local n=$1 ns="bench-$1"
-  local args=(controller --watch-namespace "${ns}" --namespace "${CA_NAMESPACE}" --listen "127.0.0.1:${CONTROLLER_PORT}")
+  # A short trust-propagation delay: the CA change below measures the re-issue, not the wait.
+  local args=(controller --watch-namespace "${ns}" --namespace "${CA_NAMESPACE}" --listen "127.0.0.1:${CONTROLLER_PORT}"
+    --trust-propagation-delay "${TLSID_BENCH_PROPAGATION_DELAY:-5s}")
   [[ -n ${TLSID_BENCH_CONCURRENCY:-} ]] && args+=(--concurrency "${TLSID_BENCH_CONCURRENCY}")
   "${TLSID}" "${args[@]}" >>"${OUT}/controller-${n}.log" 2>&1 &
   CONTROLLER_PID=$!
@@ -136,6 +139,9 @@ for n in ${SIZES}; do
   started_ms=$(date +%s%3N)
   start_controller "${n}"
   TLSID_BENCH_STARTED_MS="${started_ms}" "${BENCH_EXE}" restart-measure
+  # A CA change with N converged: an emergency rollover to a new root, every leaf re-issued.
+  log "N=${n}: CA change"
+  TLSID_BENCH_NAMESPACE="${ns}" TLSID_BENCH_CA_NAMESPACE="${CA_NAMESPACE}" "${BENCH_EXE}" ca-change
   stop_controller
 done
 

@@ -282,6 +282,7 @@ pub(crate) async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         loadavg,
         ready_curve,
         restart: None,
+        ca_change: None,
     };
     std::fs::create_dir_all(&cfg.out)?;
     let path = cfg.out.join(format!("row-{n}.json"));

@@ -18,6 +18,7 @@
 //! idents run      # one N; environment below; writes <out>/row-<N>.json
 //! idents restart-mark     # before the controller is restarted (see restart.rs)
 //! idents restart-measure  # after: TLSID_BENCH_STARTED_MS; adds the restart to row-<N>.json
+//! idents ca-change      # an emergency CA rollover with N converged (see ca_change.rs)
 //! idents report   # every row-*.json -> markdown tables on stdout, <out>/report.md and report.svg
 //! ```
 //!
@@ -99,6 +100,25 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("report") => report(&out_dir()),
+        Some("ca-change") => {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let n: usize = env_req("TLSID_BENCH_N")?.parse().context("TLSID_BENCH_N")?;
+            if let Err(e) = rt.block_on(ca_change::measure(
+                n,
+                &env_req("TLSID_BENCH_NAMESPACE")?,
+                &env_req("TLSID_BENCH_CA_NAMESPACE")?,
+                &env_req("TLSID_BENCH_CONTROLLER_METRICS")?,
+                &out_dir(),
+                Duration::from_secs(env_or("TLSID_BENCH_TIMEOUT_SECS", 600u64)?),
+            )) {
+                eprintln!("idents: error: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Some(cmd @ ("restart-mark" | "restart-measure")) => {
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -144,6 +164,7 @@ pub(crate) fn log(msg: &str) {
 
 mod apiserver;
 mod bulk;
+mod ca_change;
 mod config;
 mod objects;
 mod plot;
@@ -155,6 +176,7 @@ mod watch;
 
 use apiserver::*;
 use bulk::*;
+use ca_change::CaChange;
 use config::*;
 use objects::*;
 use plot::*;

@@ -91,6 +91,32 @@ pub(crate) fn report(out: &Path) -> anyhow::Result<()> {
             ));
         }
     }
+    if rows.iter().any(|r| r.ca_change.is_some()) {
+        md.push_str("\nCA change: with N converged, an emergency rollover to a new root (`tlsid ca rotate --emergency`; trust-propagation delay of the bench's controller: 5 s unless set). Re-issues go at the install's issuance budget.\n\n");
+        md.push_str("| N | every leaf on the new CA s | back to Stable s | phases (s from the request) | writes per identity (secrets/status/events) | issuances |\n");
+        md.push_str("|---:|---:|---:|---|---|---:|\n");
+        for r in &rows {
+            let Some(c) = &r.ca_change else { continue };
+            let n = r.n.max(1) as f64;
+            let phases: Vec<String> = c
+                .phases
+                .iter()
+                .map(|(p, t)| format!("{p} {t:.1}"))
+                .collect();
+            md.push_str(&format!(
+                "| {} | {:.1} | {:.1} | {} | {:.2} ({:.2}/{:.2}/{:.2}) | {} |\n",
+                r.n,
+                c.reissued_s,
+                c.stable_s,
+                phases.join(", "),
+                c.writes.total() as f64 / n,
+                c.writes.secrets as f64 / n,
+                c.writes.status as f64 / n,
+                c.writes.events as f64 / n,
+                c.issuances,
+            ));
+        }
+    }
     md.push_str("\nTiming (seconds from the first identity create unless noted):\n\n");
     md.push_str("| N | N identities created, no controller (s) | identity creates returned | 50% Ready | 90% Ready | 100% Ready | Ready/s | controller concurrency | client in-flight | reconciles/identity | mean reconcile ms | apiserver CPU cores in calibration | CPU cores while converging: apiserver / etcd / controller / bench / machine | load avg before |\n");
     md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");

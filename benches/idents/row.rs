@@ -62,6 +62,9 @@ pub(crate) struct Row {
     /// The restart scenario, when run.
     #[serde(default)]
     pub(crate) restart: Option<Restart>,
+    /// The CA change at scale, when run.
+    #[serde(default)]
+    pub(crate) ca_change: Option<CaChange>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Default, Clone, Copy)]
