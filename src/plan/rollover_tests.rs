@@ -35,6 +35,7 @@ fn world<'a>(now: i64, record: &'a Record, current: &'a CaFacts) -> World<'a> {
         previous: None,
         request: None,
         secrets_awaiting_bundle: 0,
+        trust_bundles_awaiting: 0,
         consumers: Consumers::default(),
         awaiting_restart: 0,
         leaves_on_previous: 0,
@@ -107,6 +108,24 @@ fn single_steps() {
     assert!(st.waiting_for.unwrap().starts_with("3 identity Secret(s)"));
     assert_eq!(st.recheck, Some(t(103)));
     w.secrets_awaiting_bundle = 0;
+    // A trust ConfigMap (or the ClusterTrustBundle) behind holds Publish as well.
+    w.trust_bundles_awaiting = 2;
+    let st = step(&w, &s);
+    assert_eq!(st.action, Action::Nothing);
+    assert!(
+        st.waiting_for
+            .unwrap()
+            .starts_with("2 trust ConfigMap(s) or ClusterTrustBundle to take"),
+    );
+    w.secrets_awaiting_bundle = 1;
+    assert!(
+        step(&w, &s)
+            .waiting_for
+            .unwrap()
+            .starts_with("1 identity Secret(s) or webhook caBundle and 2 trust ConfigMap(s)")
+    );
+    w.secrets_awaiting_bundle = 0;
+    w.trust_bundles_awaiting = 0;
     assert_eq!(step(&w, &s).action, Action::Enter(Phase::WaitForTrust));
     // A request during a rollover starts nothing; an emergency one escalates a normal one.
     w.request = Some(&req);
@@ -179,6 +198,9 @@ fn single_steps() {
     w.next = Some(&next);
     // A Secret that fell behind sends it back to Publish.
     w.secrets_awaiting_bundle = 1;
+    assert_eq!(step(&w, &s).action, Action::Enter(Phase::Publish));
+    w.secrets_awaiting_bundle = 0;
+    w.trust_bundles_awaiting = 1;
     assert_eq!(step(&w, &s).action, Action::Enter(Phase::Publish));
 
     // Switch waits for re-issues, then Drain; Drain waits for the delay and old leaves.
@@ -471,6 +493,7 @@ impl Model {
             previous: prev_fp.as_deref(),
             request: request.as_ref(),
             secrets_awaiting_bundle: awaiting,
+            trust_bundles_awaiting: 0,
             consumers: Consumers {
                 observed: self.observed,
                 total: self.secrets.len() as u64,
