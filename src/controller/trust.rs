@@ -126,9 +126,13 @@ where
         .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        // Said once until the watch lists again: until then nothing is written and a CA rollover
+        // waits in Publish (e.g. the RBAC for ConfigMaps is missing).
+        let mut warned = false;
         while let Some(event) = stream.next().await {
             match event {
                 Ok(watcher::Event::InitDone) => {
+                    warned = false;
                     flag.store(true, Ordering::Relaxed);
                     wake.trust_wake.notify_one();
                 }
@@ -136,6 +140,10 @@ where
                     wake.trust_wake.notify_one()
                 }
                 Ok(_) => {}
+                Err(e) if !warned && !flag.load(Ordering::Relaxed) => {
+                    warned = true;
+                    warn!(error = %e, what, "cannot list the trust bundle's objects: none is written, and a CA rollover waits in Publish, until it can; retrying");
+                }
                 Err(e) => debug!(error = %e, what, "trust bundle watch failed; retrying"),
             }
         }
