@@ -174,7 +174,7 @@ cmd_check() {
   # 3. Lint with the defaults and with every optional part switched on.
   local -a variants=(
     ""
-    "prometheus.serviceMonitor.enabled=true,crds.keep=false,image.digest=sha256:$(printf '0%.0s' {1..64}),demo.image=example.com/demo:1"
+    "prometheus.serviceMonitor.enabled=true,crds.keep=false,image.digest=sha256:$(printf '0%.0s' {1..64}),demo.image=example.com/demo:1,trustBundle.clusterTrustBundle.enabled=true,trustBundle.truststore=true,trustBundle.namespaceSelector=team=a,trustBundle.configMapName=ca"
     "crds.enabled=false,serviceAccount.create=false,serviceAccount.name=existing,rbac.create=false"
   )
   local v
@@ -234,6 +234,18 @@ cmd_check() {
   else
     tlsid_log "ok: the webhook and its RBAC only with webhook.enabled, limited to its own configuration"
   fi
+
+  if helm_template --set trustBundle.enabled=false | grep -Eq 'resources: \["configmaps"\]'; then
+    FAILED+=("trustBundle.enabled=false still grants verbs on ConfigMaps")
+  elif helm_template | grep -Eq 'clustertrustbundles|resources: \["signers"\]'; then
+    FAILED+=("ClusterTrustBundle RBAC without trustBundle.clusterTrustBundle.enabled")
+  elif ! helm_template --set trustBundle.clusterTrustBundle.enabled=true --set install.name=other |
+    grep -A1 'resources: \["signers"\]' | grep -q 'resourceNames: \["tlsid.dev/other"\]'; then
+    FAILED+=("the ClusterTrustBundle signer's attest is not limited to tlsid.dev/<install.name>")
+  else
+    tlsid_log "ok: ConfigMap verbs only with trustBundle.enabled; ClusterTrustBundle verbs and attest (on its own signer) only with trustBundle.clusterTrustBundle.enabled"
+  fi
+  expect_rejected "a trust ConfigMap name that is not a DNS subdomain" "/trustBundle/configMapName" --set trustBundle.configMapName=Bad_Name
 
   # 5. The apiserver accepts deploy/ (only when one is reachable).
   server_dry_run || true

@@ -340,6 +340,8 @@ start_kube-apiserver() {
   else
     extra+=(--enable-priority-and-fairness=false)
   fi
+  # ClusterTrustBundles (beta, off by default in 1.34) are served: tlsid publishes its trust
+  # bundle as one (tests/trust.rs).
   spawn kube-apiserver \
     --etcd-servers="http://127.0.0.1:${ETCD_PORT}" \
     --bind-address="${APISERVER_BIND}" \
@@ -355,6 +357,8 @@ start_kube-apiserver() {
     --service-cluster-ip-range="${SERVICE_CIDR}" \
     --authorization-mode=Node,RBAC \
     --allow-privileged=true \
+    --feature-gates=ClusterTrustBundle=true \
+    --runtime-config=certificates.k8s.io/v1beta1/clustertrustbundles=true \
     --profiling=false \
     --v=1 \
     "${extra[@]}"

@@ -207,6 +207,35 @@ struct ControllerArgs {
     /// metrics endpoint) that it trusts the next root. Needs `list` on Pods.
     #[arg(long, env = "TLSID_OBSERVE_DEMO_TRUST", default_value_t = true, action = clap::ArgAction::Set)]
     observe_demo_trust: bool,
+    /// Publish the trust bundle (every root of the CA's bundle, as in identity Secrets' `ca.crt`)
+    /// as a ConfigMap in every namespace --trust-bundle-namespaces selects. Needs the RBAC for
+    /// ConfigMaps.
+    #[arg(long, env = "TLSID_TRUST_BUNDLE_CONFIGMAPS", default_value_t = true, action = clap::ArgAction::Set)]
+    trust_bundle_configmaps: bool,
+    /// Label selector of the namespaces that get the trust ConfigMap. Default:
+    /// `tlsid.dev/trust-bundle=<install>`.
+    #[arg(long, env = "TLSID_TRUST_BUNDLE_NAMESPACES")]
+    trust_bundle_namespaces: Option<String>,
+    /// Name of the trust ConfigMaps. Default: `<install>-ca-bundle`.
+    #[arg(long, env = "TLSID_TRUST_BUNDLE_NAME", value_parser = parse_configmap_name)]
+    trust_bundle_name: Option<String>,
+    /// Also put `truststore.p12` (PKCS#12, password `changeit`: it holds public certificates
+    /// only) into the trust ConfigMaps, for Java.
+    #[arg(long, env = "TLSID_TRUST_BUNDLE_TRUSTSTORE", default_value_t = false, action = clap::ArgAction::Set)]
+    trust_bundle_truststore: bool,
+    /// Publish the trust bundle as a ClusterTrustBundle (`certificates.k8s.io/v1beta1`, signer
+    /// `tlsid.dev/<install>`) when the cluster serves that API (checked at start). Needs the RBAC
+    /// for ClusterTrustBundles and `attest` on the signer.
+    #[arg(long, env = "TLSID_CLUSTER_TRUST_BUNDLE", default_value_t = false, action = clap::ArgAction::Set)]
+    cluster_trust_bundle: bool,
+}
+
+fn parse_configmap_name(s: &str) -> Result<String, String> {
+    if tlsid::api::is_dns_subdomain(s) {
+        Ok(s.to_string())
+    } else {
+        Err("a ConfigMap name is a DNS subdomain (lowercase letters, digits, '-', '.')".into())
+    }
 }
 
 /// A Go duration given on the command line, parsed.
@@ -411,6 +440,37 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     let lease = controller::leader::LeaseTiming::new(args.lease_duration, args.lease_renew_grace)
         .map_err(anyhow::Error::msg)?;
     let authority = args.authority.unwrap_or_else(|| args.install.clone());
+    let trust = controller::trust::TrustConfig {
+        configmaps: args.trust_bundle_configmaps,
+        namespace_selector: args
+            .trust_bundle_namespaces
+            .unwrap_or_else(|| controller::trust::default_selector(&args.install)),
+        name: args
+            .trust_bundle_name
+            .unwrap_or_else(|| controller::trust::default_name(&args.install)),
+        truststore: args.trust_bundle_truststore,
+        cluster_trust_bundle: args.cluster_trust_bundle,
+    };
+    if trust.configmaps {
+        // The apiserver parses the selector: a bad one fails here, not in a watch retried forever.
+        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+            kube::Api::all(client.clone());
+        if let Err(kube::Error::Api(s)) = namespaces
+            .list_metadata(
+                &kube::api::ListParams::default()
+                    .labels(&trust.namespace_selector)
+                    .limit(1),
+            )
+            .await
+            && s.code == 400
+        {
+            anyhow::bail!(
+                "--trust-bundle-namespaces {:?} is not a label selector: {}",
+                trust.namespace_selector,
+                s.message
+            );
+        }
+    }
     let config = Config {
         namespace: args.namespace,
         ca_secret: args.ca_secret,
@@ -445,6 +505,7 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             rotate_at: args.ca_rotate_at,
             observe_demo_trust: args.observe_demo_trust,
         },
+        trust,
     };
     if !config.names.restrict_to_namespace {
         tracing::warn!(

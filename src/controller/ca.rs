@@ -345,6 +345,7 @@ pub async fn watch(ctx: Arc<Context>, mut changed: Sender<()>) {
                             let _ = changed.send(()).await;
                         }
                         ctx.rollover_wake.notify_one();
+                        ctx.trust_wake.notify_one();
                     }
                     Err(e) => {
                         if ctx.set_ca_secret_problem(Some(e.to_string())) {

@@ -91,6 +91,8 @@ pub struct Metrics {
     pub rollovers: Family<ReasonLabels, Counter>,
     /// 1 while a CA the user supplied is past its rotation point and no rollover is running.
     pub ca_expiring: Gauge<i64, AtomicI64>,
+    /// Objects of the trust bundle's name, in selected places, that tlsid does not own.
+    pub trust_bundle_conflicts: Gauge<i64, AtomicI64>,
     /// The identities that have per-identity series, so they can be removed with the identity.
     known: Mutex<BTreeSet<(String, String)>>,
 }
@@ -124,6 +126,7 @@ impl Default for Metrics {
             leaves_on_previous: Gauge::default(),
             rollovers: Family::default(),
             ca_expiring: Gauge::default(),
+            trust_bundle_conflicts: Gauge::default(),
             known: Mutex::default(),
             registry: Registry::default(),
         };
@@ -241,6 +244,11 @@ impl Default for Metrics {
             "ca_expiring",
             "1 while a CA the user supplied is past its rotation point with no rollover to a next CA under way",
             m.ca_expiring.clone(),
+        );
+        registry.register(
+            "trust_bundle_conflicts",
+            "Trust ConfigMaps (in selected namespaces) or the ClusterTrustBundle of tlsid's name that tlsid does not own and leaves alone",
+            m.trust_bundle_conflicts.clone(),
         );
         Self { registry, ..m }
     }

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod names;
 pub mod rollover;
 pub mod server;
+pub mod trust;
 pub mod webhook;
 
 pub use error::Error;
@@ -79,6 +80,8 @@ pub struct Config {
     pub authority: String,
     /// The CA rollover's settings.
     pub rollover: rollover::RolloverConfig,
+    /// Trust bundles for workloads without an identity (ConfigMaps, ClusterTrustBundle).
+    pub trust: trust::TrustConfig,
 }
 
 /// Shared state, built once in `run`.
@@ -111,6 +114,9 @@ pub struct Context {
     pub rollover_wake: tokio::sync::Notify,
     /// The caches the rollover counts from (set once the controller's watches exist).
     pub stores: std::sync::OnceLock<rollover::Stores>,
+    /// The trust bundles' caches (set once their watches exist) and what wakes their writer.
+    pub trust: std::sync::OnceLock<trust::Stores>,
+    pub trust_wake: tokio::sync::Notify,
 }
 
 impl Context {
@@ -151,6 +157,8 @@ impl Context {
             ca_seen: RwLock::new(None),
             rollover_wake: tokio::sync::Notify::new(),
             stores: std::sync::OnceLock::new(),
+            trust: std::sync::OnceLock::new(),
+            trust_wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -387,6 +395,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     let (reconcile_all_tx, reconcile_all_rx) = futures::channel::mpsc::channel::<()>(1);
     let ca_task = tokio::spawn(ca::watch(ctx.clone(), reconcile_all_tx.clone()));
     let rollover_task = tokio::spawn(rollover::run(ctx.clone()));
+    let trust_task = tokio::spawn(trust::run(ctx.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let leader_task = tokio::spawn(leader::run(ctx.clone(), reconcile_all_tx.clone(), stop_rx));
     let policy_task = ctx.config.names.restrict_to_namespace.then(|| {
@@ -544,6 +553,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         .await;
     ca_task.abort();
     rollover_task.abort();
+    trust_task.abort();
     for task in [policy_task, namespace_task].into_iter().flatten() {
         task.abort();
     }

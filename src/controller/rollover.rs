@@ -73,6 +73,7 @@ pub const EXPIRING: &str = "CaExpiringSoon";
 #[derive(Debug, Default)]
 struct Counts {
     secrets_awaiting_bundle: u64,
+    trust_bundles_awaiting: u64,
     leaves_on_previous: u64,
     longest_leaf: Duration,
 }
@@ -88,6 +89,7 @@ fn count(ctx: &Context, state: &CaState) -> Counts {
         return out;
     };
     let digest = bundle_digest(state.current.bundle_pem().as_bytes());
+    out.trust_bundles_awaiting = super::trust::awaiting(ctx, &state.current.bundle_pem());
     let previous = state.previous.as_ref().map(|p| p.fingerprint.as_str());
     // The apiserver verifies the webhook with the configuration's caBundle: it must trust the
     // next root before the webhook's certificate is re-issued under it.
@@ -432,6 +434,7 @@ pub async fn run(ctx: Arc<Context>) {
             previous: state.previous.as_ref().map(|p| p.fingerprint.as_str()),
             request: request.as_ref(),
             secrets_awaiting_bundle: counts.secrets_awaiting_bundle,
+            trust_bundles_awaiting: counts.trust_bundles_awaiting,
             consumers,
             // tlsid restarts no workload yet: nothing to wait for here.
             awaiting_restart: 0,

@@ -175,20 +175,56 @@ pub fn pkcs12(
         KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(local_key_id, key, certs)),
     );
 
+    Ok(Keystores {
+        keystore_p12: write(&keystore)?,
+        truststore_p12: write(&trust_entries(&roots)?)?,
+    })
+}
+
+/// `truststore.p12` alone, for a trust bundle (`ca.crt`, the roots) without a key: the trust
+/// ConfigMaps' Java option.
+pub fn truststore(
+    bundle_pem: &str,
+    password: &str,
+    profile: Pkcs12Profile,
+) -> Result<Vec<u8>, KeystoreError> {
+    let roots = parse_pem_certs(bundle_pem.as_bytes()).map_err(|reason| KeystoreError::Input {
+        key: "ca.crt",
+        reason,
+    })?;
+    if roots.is_empty() {
+        return Err(KeystoreError::Input {
+            key: "ca.crt",
+            reason: "no certificate".into(),
+        });
+    }
+    let (algorithm, mac, iterations) = profile.params();
+    trust_entries(&roots)?
+        .writer(password)
+        .encryption_algorithm(algorithm)
+        .encryption_iterations(iterations)
+        .mac_algorithm(mac)
+        .mac_iterations(iterations)
+        .write()
+        .map_err(|e| KeystoreError::Encode(e.to_string()))
+}
+
+/// Every root as a trusted-certificate entry.
+fn trust_entries(roots: &[Vec<u8>]) -> Result<KeyStore, KeystoreError> {
     let mut truststore = KeyStore::new();
-    for root in &roots {
+    for root in roots {
         let alias = if roots.len() == 1 {
             TRUSTSTORE_ALIAS.to_string()
         } else {
             format!("{TRUSTSTORE_ALIAS}-{}", &fingerprint(root)[..16])
         };
-        truststore.add_entry(&alias, KeyStoreEntry::Certificate(to_cert("ca.crt")(root)?));
+        let cert = Certificate::from_der(root).map_err(|e| KeystoreError::Input {
+            key: "ca.crt",
+            reason: e.to_string(),
+        })?;
+        truststore.add_entry(&alias, KeyStoreEntry::Certificate(cert));
     }
-
-    Ok(Keystores {
-        keystore_p12: write(&keystore)?,
-        truststore_p12: write(&truststore)?,
-    })
+    Ok(truststore)
 }
 
 /// The DER of the single `PRIVATE KEY` (PKCS#8) block of `tls.key`.
@@ -385,6 +421,29 @@ mod tests {
             .collect();
         want.sort_by(|a, b| a.1.cmp(&b.1));
         assert_eq!(trusted, want);
+    }
+
+    #[test]
+    fn truststore_alone_holds_every_root_of_the_bundle() {
+        let a = Authority::generate_root(now()).unwrap();
+        let b = Authority::generate_root(now()).unwrap();
+        let bundle = format!("{}{}", a.bundle_pem(), b.bundle_pem());
+        let ts = read(
+            &truststore(&bundle, "changeit", Pkcs12Profile::default()).unwrap(),
+            "changeit",
+        );
+        let mut trusted: Vec<Vec<u8>> = ts
+            .entries()
+            .map(|(_, e)| match e {
+                KeyStoreEntry::Certificate(c) => c.as_der().to_vec(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        trusted.sort();
+        let mut want = vec![a.roots()[0].clone(), b.roots()[0].clone()];
+        want.sort();
+        assert_eq!(trusted, want);
+        assert!(truststore("", "changeit", Pkcs12Profile::default()).is_err());
     }
 
     #[test]

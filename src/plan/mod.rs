@@ -11,6 +11,7 @@ pub mod budget;
 pub mod ca_state;
 pub mod rollover;
 pub mod status;
+pub mod trust;
 
 #[cfg(test)]
 mod tests;

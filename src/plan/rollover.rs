@@ -297,6 +297,9 @@ pub struct World<'a> {
     /// Places that do not hold the CA's bundle yet: identity Secrets (of identities being
     /// served) and the webhook configuration's caBundle.
     pub secrets_awaiting_bundle: u64,
+    /// Trust bundles published for workloads without an identity (the trust ConfigMaps of
+    /// selected namespaces, the ClusterTrustBundle) that do not hold the CA's bundle yet.
+    pub trust_bundles_awaiting: u64,
     pub consumers: Consumers,
     /// Workloads that load certificates only at start and have not yet restarted onto the
     /// bundle with the next root (the gate of restart orchestration; 0 while tlsid restarts no
@@ -495,18 +498,31 @@ pub fn step(w: &World<'_>, s: &Settings) -> Step {
                         old_leaves_until: old_leaves_until(w, r.mode),
                     });
                 }
-                if w.secrets_awaiting_bundle > 0 {
+                if w.secrets_awaiting_bundle > 0 || w.trust_bundles_awaiting > 0 {
+                    let mut parts = Vec::new();
+                    if w.secrets_awaiting_bundle > 0 {
+                        parts.push(format!(
+                            "{} identity Secret(s) or webhook caBundle",
+                            w.secrets_awaiting_bundle
+                        ));
+                    }
+                    if w.trust_bundles_awaiting > 0 {
+                        parts.push(format!(
+                            "{} trust ConfigMap(s) or ClusterTrustBundle",
+                            w.trust_bundles_awaiting
+                        ));
+                    }
                     return Step::wait(
                         format!(
-                            "{} identity Secret(s) or webhook caBundle to take the bundle with the next root",
-                            w.secrets_awaiting_bundle
+                            "{} to take the bundle with the next root",
+                            parts.join(" and ")
                         ),
                         poll,
                     );
                 }
                 return Step::act(Action::Enter(Phase::WaitForTrust));
             }
-            if w.secrets_awaiting_bundle > 0 {
+            if w.secrets_awaiting_bundle > 0 || w.trust_bundles_awaiting > 0 {
                 // A Secret that fell behind (restored, recreated): wait for it again, from zero.
                 return Step::act(Action::Enter(Phase::Publish));
             }

@@ -35,6 +35,7 @@ fn world<'a>(now: i64, record: &'a Record, current: &'a CaFacts) -> World<'a> {
         previous: None,
         request: None,
         secrets_awaiting_bundle: 0,
+        trust_bundles_awaiting: 0,
         consumers: Consumers::default(),
         awaiting_restart: 0,
         leaves_on_previous: 0,
@@ -107,6 +108,24 @@ fn single_steps() {
     assert!(st.waiting_for.unwrap().starts_with("3 identity Secret(s)"));
     assert_eq!(st.recheck, Some(t(103)));
     w.secrets_awaiting_bundle = 0;
+    // A trust ConfigMap (or the ClusterTrustBundle) behind holds Publish as well.
+    w.trust_bundles_awaiting = 2;
+    let st = step(&w, &s);
+    assert_eq!(st.action, Action::Nothing);
+    assert!(
+        st.waiting_for
+            .unwrap()
+            .starts_with("2 trust ConfigMap(s) or ClusterTrustBundle to take"),
+    );
+    w.secrets_awaiting_bundle = 1;
+    assert!(
+        step(&w, &s)
+            .waiting_for
+            .unwrap()
+            .starts_with("1 identity Secret(s) or webhook caBundle and 2 trust ConfigMap(s)")
+    );
+    w.secrets_awaiting_bundle = 0;
+    w.trust_bundles_awaiting = 0;
     assert_eq!(step(&w, &s).action, Action::Enter(Phase::WaitForTrust));
     // A request during a rollover starts nothing; an emergency one escalates a normal one.
     w.request = Some(&req);
@@ -179,6 +198,9 @@ fn single_steps() {
     w.next = Some(&next);
     // A Secret that fell behind sends it back to Publish.
     w.secrets_awaiting_bundle = 1;
+    assert_eq!(step(&w, &s).action, Action::Enter(Phase::Publish));
+    w.secrets_awaiting_bundle = 0;
+    w.trust_bundles_awaiting = 1;
     assert_eq!(step(&w, &s).action, Action::Enter(Phase::Publish));
 
     // Switch waits for re-issues, then Drain; Drain waits for the delay and old leaves.
@@ -350,6 +372,11 @@ struct Model {
     /// Roots retired in emergency mode: their leaves still in memory somewhere are refused on
     /// purpose.
     revoked: BTreeSet<u32>,
+    /// Versions of trust ConfigMaps (`at`, bundle): clients without an identity trust what they
+    /// hold, loaded up to `lag` late, and nobody observes them.
+    trust_maps: Vec<Vec<(i64, BTreeSet<u32>)>>,
+    /// The rollover counts trust ConfigMaps behind the bundle (off: the control).
+    trust_gate: bool,
 }
 
 const CACHE_LAG: i64 = 3;
@@ -401,6 +428,8 @@ impl Model {
             requests: 0,
             emergency: true,
             revoked: BTreeSet::new(),
+            trust_maps: vec![vec![(0, BTreeSet::from([0]))]; 2],
+            trust_gate: true,
         }
     }
 
@@ -437,6 +466,37 @@ impl Model {
             .collect()
     }
 
+    /// What a client of trust ConfigMap `i` may have loaded at `now`.
+    fn loadable_trust(&self, i: usize) -> Vec<&BTreeSet<u32>> {
+        let v = &self.trust_maps[i];
+        let from = self.now - self.lag;
+        v.iter()
+            .enumerate()
+            .filter(|(k, (at, _))| {
+                let ends = v.get(k + 1).map_or(i64::MAX, |n| n.0);
+                ends > from && *at <= self.now
+            })
+            .map(|(_, (_, b))| b)
+            .collect()
+    }
+
+    /// The trust writer, from a cache that may lag the CA Secret.
+    fn write_trust(&mut self, i: usize) {
+        let seen = self.now - self.rng.random_range(0..=CACHE_LAG);
+        let view = self
+            .ca_history
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= seen)
+            .unwrap_or(&self.ca_history[0])
+            .1
+            .bundle
+            .clone();
+        if self.trust_maps[i].last().map(|(_, b)| b) != Some(&view) {
+            self.trust_maps[i].push((self.now, view));
+        }
+    }
+
     fn controller_step(&mut self, request: Option<Request>) {
         let now = self.now + self.skew;
         let current = self.facts(&self.ca.signer);
@@ -471,6 +531,14 @@ impl Model {
             previous: prev_fp.as_deref(),
             request: request.as_ref(),
             secrets_awaiting_bundle: awaiting,
+            trust_bundles_awaiting: if self.trust_gate {
+                self.trust_maps
+                    .iter()
+                    .filter(|m| m.last().map(|(_, b)| b) != Some(&bundle))
+                    .count() as u64
+            } else {
+                0
+            },
             consumers: Consumers {
                 observed: self.observed,
                 total: self.secrets.len() as u64,
@@ -569,46 +637,54 @@ impl Model {
     /// The invariant at this instant: every leaf a pod of x may present verifies against every
     /// bundle a pod of y may hold; in Normal mode also every unexpired leaf ever written.
     fn check(&self) -> Result<(), String> {
+        // Every bundle some client may hold: pods of identities, and clients of trust ConfigMaps
+        // (numbered after the identities).
+        let mut holders: Vec<(usize, &BTreeSet<u32>)> = Vec::new();
+        for y in 0..self.secrets.len() {
+            holders.extend(self.loadable(y).into_iter().map(|v| (y, &v.bundle)));
+        }
+        for m in 0..self.trust_maps.len() {
+            let y = self.secrets.len() + m;
+            holders.extend(self.loadable_trust(m).into_iter().map(|b| (y, b)));
+        }
         for x in 0..self.secrets.len() {
-            for y in 0..self.secrets.len() {
-                for held in self.loadable(y) {
-                    let presented = self.loadable(x);
-                    // Leaves loaded once and kept in memory: safe until they expire, unless
-                    // their root was retired in an emergency.
-                    let ever: Vec<&Version> = self.secrets[x]
-                        .iter()
-                        .filter(|v| {
-                            let in_emergency = self.ca.record.mode == Mode::Emergency
-                                && self.ca.previous.is_some_and(|p| p.root == v.leaf.root);
-                            !(self.revoked.contains(&v.leaf.root) || in_emergency)
-                        })
-                        .collect();
-                    for v in presented.iter().chain(ever.iter()) {
-                        if v.leaf.not_after <= self.now {
-                            continue;
-                        }
-                        if !held.bundle.contains(&v.leaf.root) {
-                            return Err(format!(
-                                "t={}: leaf of identity {x} (CA {}, root {}, issued {} until {}) untrusted by a pod of identity {y} holding {:?}; CA Secret {:?}",
-                                self.now,
-                                v.leaf.signer,
-                                v.leaf.root,
-                                v.leaf.issued,
-                                v.leaf.not_after,
-                                held.bundle,
-                                self.ca_history
-                                    .iter()
-                                    .map(|(at, c)| (
-                                        *at,
-                                        c.record.phase,
-                                        c.record.mode,
-                                        c.record
-                                            .old_leaves_until
-                                            .map(|t| t.as_second() - 1_800_000_000)
-                                    ))
-                                    .collect::<Vec<_>>()
-                            ));
-                        }
+            for &(y, held) in &holders {
+                let presented = self.loadable(x);
+                // Leaves loaded once and kept in memory: safe until they expire, unless
+                // their root was retired in an emergency.
+                let ever: Vec<&Version> = self.secrets[x]
+                    .iter()
+                    .filter(|v| {
+                        let in_emergency = self.ca.record.mode == Mode::Emergency
+                            && self.ca.previous.is_some_and(|p| p.root == v.leaf.root);
+                        !(self.revoked.contains(&v.leaf.root) || in_emergency)
+                    })
+                    .collect();
+                for v in presented.iter().chain(ever.iter()) {
+                    if v.leaf.not_after <= self.now {
+                        continue;
+                    }
+                    if !held.contains(&v.leaf.root) {
+                        return Err(format!(
+                            "t={}: leaf of identity {x} (CA {}, root {}, issued {} until {}) untrusted by a pod of identity {y} holding {:?}; CA Secret {:?}",
+                            self.now,
+                            v.leaf.signer,
+                            v.leaf.root,
+                            v.leaf.issued,
+                            v.leaf.not_after,
+                            held,
+                            self.ca_history
+                                .iter()
+                                .map(|(at, c)| (
+                                    *at,
+                                    c.record.phase,
+                                    c.record.mode,
+                                    c.record
+                                        .old_leaves_until
+                                        .map(|t| t.as_second() - 1_800_000_000)
+                                ))
+                                .collect::<Vec<_>>()
+                        ));
                     }
                 }
             }
@@ -655,6 +731,12 @@ impl Model {
                     self.reconcile(i);
                 }
             }
+            for i in 0..self.trust_maps.len() {
+                // Slower than identity Secrets: a writer that backs off after refusals.
+                if self.rng.random_bool(0.1) {
+                    self.write_trust(i);
+                }
+            }
             self.check()?;
         }
         Ok(())
@@ -670,6 +752,9 @@ impl Model {
             self.controller_step(None);
             for i in 0..self.secrets.len() {
                 self.reconcile(i);
+            }
+            for i in 0..self.trust_maps.len() {
+                self.write_trust(i);
             }
             self.check()?;
         }
@@ -708,6 +793,8 @@ fn model_observation_alone_gates_the_switch() {
     for seed in 100..130 {
         let mut m = Model::new(seed, settings(0), true, 60);
         m.emergency = false;
+        // Nobody observes clients of trust ConfigMaps: only the delay covers them.
+        m.trust_maps.clear();
         m.run(3000)
             .and_then(|()| m.settle())
             .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
@@ -726,6 +813,24 @@ fn model_catches_a_rollover_without_gates() {
         }
     }
     assert!(caught >= 15, "only {caught} of 20 ungated runs were caught");
+}
+
+/// The control of the trust ConfigMaps' gate: the same runs with the rollover not waiting for
+/// them must be caught (a client of a ConfigMap still without the next root sees a new leaf).
+#[test]
+fn model_catches_a_rollover_that_does_not_wait_for_trust_configmaps() {
+    let mut caught = 0;
+    for seed in 0..20 {
+        let mut m = Model::new(seed, settings(60 + 10), seed % 2 == 0, 60);
+        m.trust_gate = false;
+        if m.run(3000).and_then(|()| m.settle()).is_err() {
+            caught += 1;
+        }
+    }
+    assert!(
+        caught >= 10,
+        "only {caught} of 20 runs without the trust gate were caught"
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod keystore;
 pub mod secret;
+pub mod trust;
 
 pub use secret::{
     SecretContent, belongs_to, controlled_by, desired_secret, secret_data, secret_needs_update,
