@@ -399,6 +399,10 @@ pub async fn run(ctx: Arc<Context>) {
             mode: Mode::Normal,
         });
         let request = edit.or_else(|| seen.request.clone());
+        // Workloads that restart to load certificates: not counted before their caches list.
+        let Some(awaiting_restart) = super::restarts::awaiting(&ctx) else {
+            continue;
+        };
         let state = &seen.state;
         let counts = count(&ctx, state);
         ctx.metrics
@@ -433,8 +437,7 @@ pub async fn run(ctx: Arc<Context>) {
             request: request.as_ref(),
             secrets_awaiting_bundle: counts.secrets_awaiting_bundle,
             consumers,
-            // tlsid restarts no workload yet: nothing to wait for here.
-            awaiting_restart: 0,
+            awaiting_restart,
             leaves_on_previous: counts.leaves_on_previous,
             longest_leaf: counts.longest_leaf,
         };
