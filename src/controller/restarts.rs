@@ -34,6 +34,9 @@ pub const RESTARTED: &str = "Restarted";
 pub const SUB_PATH: &str = "SubPathMount";
 pub const RESTART_FAILED: &str = "RestartFailed";
 
+/// The watched kinds, in the order of the driver's streams.
+const KINDS: [&str; 3] = ["Deployment", "StatefulSet", "DaemonSet"];
+
 /// How often a pass runs without a change (Secret changes also wake it).
 const TICK: Duration = Duration::from_secs(2);
 
@@ -58,6 +61,8 @@ impl Default for RestartConfig {
 }
 
 type Index = HashMap<(String, String), Vec<Consumer>>;
+/// Identity Secrets by (namespace, name).
+type SecretIndex = HashMap<(String, String), SecretFacts>;
 
 /// The workload caches.
 pub struct Stores {
@@ -115,7 +120,7 @@ pub fn awaiting(ctx: &Context) -> Option<u64> {
 }
 
 /// Every workload and identity Secret, from the caches.
-fn snapshot(ctx: &Context) -> Option<(Vec<Workload>, HashMap<(String, String), SecretFacts>)> {
+fn snapshot(ctx: &Context) -> Option<(Vec<Workload>, SecretIndex)> {
     let stores = ctx.restarts.stores.get()?;
     let secret_store = &ctx.stores.get()?.secrets;
     let mut workloads: Vec<Workload> = Vec::new();
@@ -240,6 +245,7 @@ pub async fn run(ctx: Arc<Context>, mut trigger: Sender<ObjectRef<DynamicObject>
     ]);
 
     let mut synced = [false; 3];
+    let mut failing = [false; 3];
     let mut budget = Budget::new(ctx.config.restarts.rate, ctx.config.restarts.burst);
     let started = std::time::Instant::now();
     // What this process restarted each workload (uid) for, this leader term.
@@ -256,9 +262,15 @@ pub async fn run(ctx: Arc<Context>, mut trigger: Sender<ObjectRef<DynamicObject>
                         synced[i] = true;
                     }
                     if error {
-                        // Logged by the backoff's retries; the caches keep their last state.
+                        // The caches keep their last state; until every watch has listed, no
+                        // restart happens and a CA rollover waits (say so, once per outage).
+                        if !failing[i] {
+                            failing[i] = true;
+                            warn!(kind = KINDS[i], synced = synced[i], "cannot watch workloads (RBAC for restarts? --restarts=false turns them off); retrying");
+                        }
                         continue;
                     }
+                    failing[i] = false;
                     // Let a burst of events (a list) settle into one pass.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }

@@ -256,12 +256,11 @@ pub fn pass<'a>(
                     .join(", ")
             ))
         } else if !opted_in {
-            match w.reload.as_deref() {
-                Some(other) => Some(format!(
+            w.reload.as_deref().map(|other| {
+                format!(
                     "{RELOAD_ANNOTATION}: {other:?} is not a reload mode tlsid knows (only {RELOAD_RESTART:?}); not restarted"
-                )),
-                None => None,
-            }
+                )
+            })
         } else if !recorded {
             Some("restart pending".into())
         } else {
