@@ -740,6 +740,19 @@ async fn legacy_clients_across_a_rotation(e2e: &E2e, legacy: Legacy) -> RestartP
         .delete(LEGACY, &DeleteParams::default())
         .await
         .expect("delete the legacy identity");
+    // Its Secret stays (deletion keeps what workloads mount): delete it too, once the identity
+    // is gone, or the rollover below would wait for it to get the next bundle.
+    tokio::time::timeout(
+        TIMEOUT,
+        await_condition(e2e.identities(), LEGACY, conditions::is_deleted("")),
+    )
+    .await
+    .expect("the legacy identity gone")
+    .expect("watch TlsIdentity");
+    e2e.secrets(NS)
+        .delete(&format!("{LEGACY}-tls"), &DeleteParams::default())
+        .await
+        .expect("delete the legacy Secret");
     step(&format!(
         "legacy clients: {LEGACY_RESTART} restarted {restarts} time(s) and handshaking on {current}; \
          {LEGACY_PLAIN} failing since its certificate expired ({plain_failed} failed handshakes)"
