@@ -513,3 +513,88 @@ async fn a_controller_killed_between_the_secret_write_and_the_restart_neither_sk
         .expect("remove the record");
     wait_generation(&client, &ns, "Deployment", "dep", 5).await;
 }
+
+fn phase(ca: &k8s_openapi::api::core::v1::Secret) -> String {
+    ca.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(tlsid::plan::rollover::PHASE_ANNOTATION).cloned())
+        .unwrap_or_default()
+}
+
+/// An opted-in Deployment, then `tlsid ca rotate`; returns the rollover's phase 8 s after the
+/// Secret got the next root (the workload's rollout left unfinished), and the environment.
+async fn rollover_with_an_unfinished_restart(test: &str, restarts: &str) -> (String, Env) {
+    let cluster = cluster().await;
+    let env = setup_with(
+        test,
+        &["--trust-propagation-delay", "1s", "--restarts", restarts],
+    )
+    .await;
+    let client = cluster.client().await;
+    let ns = env.ns.clone();
+    web_identity(&env, "web").await;
+    let before = env.secrets.get("web-tls").await.unwrap();
+    create_workload(&client, &ns, "Deployment", "dep", true, "volume", "web-tls").await;
+    if restarts == "true" {
+        wait_generation(&client, &ns, "Deployment", "dep", 2).await;
+    }
+    finish_rollout(&client, &ns, "Deployment", "dep").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tlsid"))
+        .args(["ca", "rotate", "--install-namespace", &ns])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .output()
+        .expect("tlsid ca rotate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bundle = |s: &k8s_openapi::api::core::v1::Secret| data(s, "ca.crt").to_vec();
+    let old = bundle(&before);
+    wait_secret(&env.secrets, "web-tls", "the next root", |s| {
+        s.is_some_and(|s| bundle(s) != old)
+    })
+    .await;
+    // Well past the 1 s delay: several 2 s rounds of the rollover driver.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    (phase(&env.secrets.get("tlsid-ca").await.unwrap()), env)
+}
+
+#[tokio::test]
+async fn a_ca_rollover_waits_for_opted_in_workloads_to_restart_onto_the_next_root() {
+    let client = cluster().await.client().await;
+    let (phase_now, env) = rollover_with_an_unfinished_restart("restarts-rollover", "true").await;
+    let ns = env.ns.clone();
+    // The next root reached the Secret: one restart for it, whose rollout has not finished.
+    wait_generation(&client, &ns, "Deployment", "dep", 3).await;
+    let (_, a) = generation(&client, &ns, "Deployment", "dep").await;
+    assert!(
+        a["tlsid.dev/restart-reason"].contains("trust bundle changed"),
+        "{a:?}"
+    );
+    assert_eq!(
+        phase_now, "WaitForTrust",
+        "switched signers before the workload restarted"
+    );
+    // Once it has, the rollover goes on.
+    finish_rollout(&client, &ns, "Deployment", "dep").await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let p = phase(&env.secrets.get("tlsid-ca").await.unwrap());
+        if p != "WaitForTrust" && p != "Publish" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Control: without restarts (nothing restarted, nothing waited for) the same 8 s see the
+    // rollover past WaitForTrust, so the check above can see a rollover that did not wait.
+    let (phase_off, _off) =
+        rollover_with_an_unfinished_restart("restarts-rollover-off", "false").await;
+    assert_ne!(
+        phase_off, "WaitForTrust",
+        "the control should not have waited"
+    );
+    assert_ne!(phase_off, "Publish");
+}
