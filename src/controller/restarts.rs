@@ -123,6 +123,17 @@ pub fn awaiting(ctx: &Context) -> Option<u64> {
 fn snapshot(ctx: &Context) -> Option<(Vec<Workload>, SecretIndex)> {
     let stores = ctx.restarts.stores.get()?;
     let secret_store = &ctx.stores.get()?.secrets;
+    // Only the Secrets of identities this install serves: another install in the cluster
+    // restarts the consumers of its own.
+    let served: HashSet<(String, String)> = ctx
+        .stores
+        .get()?
+        .identities
+        .state()
+        .iter()
+        .filter(|o| crate::api::install_of(o.labels()) == ctx.config.install)
+        .map(|o| (o.namespace().unwrap_or_default(), o.name_any()))
+        .collect();
     let mut workloads: Vec<Workload> = Vec::new();
     workloads.extend(
         stores
@@ -150,15 +161,16 @@ fn snapshot(ctx: &Context) -> Option<(Vec<Workload>, SecretIndex)> {
         .iter()
         .filter_map(|s| {
             let identity = s.labels().get(IDENTITY_LABEL)?.clone();
+            let ns = s.namespace().unwrap_or_default();
+            if !served.contains(&(ns.clone(), identity.clone())) {
+                return None;
+            }
             let a = s.metadata.annotations.as_ref()?;
             let digest = consumers::secret_digest(
                 a.get(SERIAL_ANNOTATION)?,
                 a.get(TRUST_BUNDLE_ANNOTATION).map_or("", String::as_str),
             );
-            Some((
-                (s.namespace().unwrap_or_default(), s.name_any()),
-                SecretFacts { identity, digest },
-            ))
+            Some(((ns, s.name_any()), SecretFacts { identity, digest }))
         })
         .collect();
     Some((workloads, secrets))
