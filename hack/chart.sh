@@ -227,6 +227,15 @@ cmd_check() {
   else
     tlsid_log "ok: Deployment/Service/Pod verbs (and demo trust observation) only with demo.enabled"
   fi
+  if helm_template --set restarts.enabled=false | grep -Eq 'statefulsets|daemonsets'; then
+    FAILED+=("restarts.enabled=false still grants verbs on StatefulSets or DaemonSets")
+  elif ! helm_template --set restarts.enabled=false | grep -A1 'TLSID_RESTARTS' | grep -q '"false"'; then
+    FAILED+=("restarts.enabled=false does not turn the controller's restarts off")
+  elif ! helm_template | grep -q 'resources: \["deployments", "statefulsets", "daemonsets"\]'; then
+    FAILED+=("the restart verbs are missing with restarts.enabled (the default)")
+  else
+    tlsid_log "ok: workload verbs for restarts only with restarts.enabled"
+  fi
   if helm_template --set webhook.enabled=false | grep -Eq 'ValidatingWebhookConfiguration|validatingwebhookconfigurations|TLSID_WEBHOOK'; then
     FAILED+=("webhook.enabled=false still renders the webhook or its RBAC")
   elif ! helm_template | grep -q 'resourceNames: \["tlsid-webhook"\]'; then

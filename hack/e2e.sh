@@ -3,7 +3,8 @@
 # cluster (hack/cluster.sh up --node) in its own state dir, load the tlsid
 # image built from the debug binary, `helm install` the chart, run the Rust
 # test tests/e2e.rs (the mTLS demo: handshakes both ways, a rotation of both
-# identities under load, an impostor, a CA rollover under load and its control
+# identities under load, an impostor, clients that never reload with and
+# without restarts, a CA rollover under load and its control
 # with every gate off), then `helm uninstall`, delete the
 # namespaces and check that nothing is left behind: no object in the cluster
 # and no container or pod network interface on the node. The cluster is always

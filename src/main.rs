@@ -187,6 +187,19 @@ struct ControllerArgs {
     /// Services). Off: such identities get a `Demo=False` condition and nothing is deployed.
     #[arg(long, env = "TLSID_DEMO_WORKLOADS", default_value_t = true, action = clap::ArgAction::Set)]
     demo_workloads: bool,
+    /// Restart workloads (Deployments, StatefulSets, DaemonSets) annotated `tlsid.dev/reload:
+    /// restart` after each change of an identity Secret they mount, and list every workload
+    /// that mounts one in the identity's `status.consumers` (needs get/list/watch/patch on those
+    /// kinds). Off: no workload is watched or restarted.
+    #[arg(long, env = "TLSID_RESTARTS", default_value_t = true, action = clap::ArgAction::Set)]
+    restarts: bool,
+    /// Restarts per second across the install, sustained (a CA rollover restarts every opted-in
+    /// workload).
+    #[arg(long, env = "TLSID_RESTART_RATE", default_value_t = tlsid::plan::consumers::DEFAULT_RATE, value_parser = parse_rate)]
+    restart_rate: f64,
+    /// Restarts that may happen at once before the rate applies.
+    #[arg(long, env = "TLSID_RESTART_BURST", default_value_t = tlsid::plan::consumers::DEFAULT_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    restart_burst: u32,
     /// Name of the cluster-scoped TlsAuthority this install keeps up to date (default: the
     /// install's name).
     #[arg(long, env = "TLSID_AUTHORITY", value_parser = parse_install)]
@@ -506,6 +519,11 @@ async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             observe_demo_trust: args.observe_demo_trust,
         },
         trust,
+        restarts: controller::restarts::RestartConfig {
+            enabled: args.restarts,
+            rate: args.restart_rate,
+            burst: args.restart_burst,
+        },
     };
     if !config.names.restrict_to_namespace {
         tracing::warn!(

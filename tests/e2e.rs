@@ -1,5 +1,6 @@
 //! End to end on a real node: the chart's controller, the mTLS demo pods it runs, a rotation under
-//! load, an impostor, and a CA rollover under load with its control. Driven by `hack/e2e.sh` (a
+//! load, an impostor, clients that never reload (one restarted by tlsid, one failing once its
+//! certificate expires), and a CA rollover under load with its control. Driven by `hack/e2e.sh` (a
 //! stage of `make test`), which starts the node cluster, loads the image, installs the chart with
 //! helm, runs this, then uninstalls and checks for orphans. A plain `cargo test` does not build
 //! this target (`test = false` in Cargo.toml); run on its own it needs:
@@ -149,6 +150,14 @@ async fn mtls_demo_on_a_real_node() {
         "mTLS both ways: server accepted {} (serial {client_serial}), client verified {} (serial {server_serial})",
         client_id.name_any(),
         server_id.name_any()
+    ));
+
+    // Two clients that load their certificate once (`--no-reload`), one opted in to restarts:
+    // they run while the rest goes on, and are judged before the CA rollover.
+    let legacy = start_legacy_clients(&e2e).await;
+    step(&format!(
+        "legacy clients (--no-reload) started on identity {LEGACY} (serial {}, valid {LEGACY_LIFETIME:?}): {LEGACY_RESTART} (tlsid.dev/reload: restart) and {LEGACY_PLAIN}",
+        legacy.first_serial
     ));
 
     // === rotation of both identities under load, by a standby: the leader is killed first ===
@@ -431,6 +440,9 @@ async fn mtls_demo_on_a_real_node() {
     // The demo's counters so far (the control below replaces the client pod).
     let end = Window::scrape(&e2e, &server, &client).await;
 
+    // === apps that do not reload: restarted onto each rotation, or failing once it expires ===
+    let restarts = legacy_clients_across_a_rotation(&e2e, legacy).await;
+
     // === a CA rollover under load, and its control ===
     let rollover = ca_rollover_under_load(&e2e, &server, &client).await;
     let control = control_without_gates(&e2e, &server, &client).await;
@@ -462,9 +474,297 @@ async fn mtls_demo_on_a_real_node() {
         end.server.handshakes("server", "failure"),
     );
     println!("impostor: {rejected} handshakes rejected by the server (UnknownIssuer), 0 accepted");
+    println!("{restarts}");
     println!("{rollover}");
     println!("{control}");
     println!("total {:.0?}", started.elapsed());
+}
+
+// === restarts for apps that do not reload ===
+
+/// The identity of the legacy clients: a short lifetime, so it is renewed (at 2/3) and its first
+/// certificate expires while the e2e goes on.
+const LEGACY: &str = "legacy";
+const LEGACY_LIFETIME: Duration = Duration::from_secs(90);
+const LEGACY_RESTART: &str = "legacy-restart";
+const LEGACY_PLAIN: &str = "legacy-plain";
+
+struct Legacy {
+    first_serial: String,
+    first_not_after: jiff::Timestamp,
+    started: Instant,
+}
+
+/// The `legacy` identity and two Deployments of `tlsid demo client --no-reload` on its Secret,
+/// built from the demo client's own pod template: `legacy-restart` annotated
+/// `tlsid.dev/reload: restart`, `legacy-plain` not.
+async fn start_legacy_clients(e2e: &E2e) -> Legacy {
+    let started = Instant::now();
+    let id: TlsIdentity = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tlsid.dev/v1alpha1", "kind": "TlsIdentity",
+        "metadata": {"name": LEGACY, "namespace": NS},
+        "spec": {"spiffe": {"serviceAccount": LEGACY}, "usages": ["client"],
+                 "duration": format!("{}s", LEGACY_LIFETIME.as_secs())},
+    }))
+    .unwrap();
+    e2e.identities()
+        .patch(
+            LEGACY,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&id),
+        )
+        .await
+        .expect("apply the legacy identity");
+    let id = e2e.wait_identity(LEGACY, "Ready", |_| true).await;
+    let deployments: Api<Deployment> = Api::namespaced(e2e.client.clone(), NS);
+    let demo = deployments
+        .get(&format!("{CLIENT}-demo"))
+        .await
+        .expect("the demo client's Deployment");
+    let mut template = demo.spec.expect("spec").template;
+    let pod = template.spec.as_mut().expect("pod spec");
+    for v in pod.volumes.iter_mut().flatten() {
+        if let Some(secret) = v.secret.as_mut() {
+            secret.secret_name = Some(format!("{LEGACY}-tls"));
+        }
+    }
+    pod.containers[0]
+        .args
+        .as_mut()
+        .expect("args")
+        .push("--no-reload".into());
+    for (name, opted_in) in [(LEGACY_RESTART, true), (LEGACY_PLAIN, false)] {
+        let labels = BTreeMap::from([
+            (
+                "app.kubernetes.io/component".to_string(),
+                "legacy".to_string(),
+            ),
+            ("app.kubernetes.io/instance".to_string(), name.to_string()),
+        ]);
+        let mut t = template.clone();
+        t.metadata = Some(kube::api::ObjectMeta {
+            labels: Some(labels.clone()),
+            ..Default::default()
+        });
+        let annotations = opted_in
+            .then(|| BTreeMap::from([("tlsid.dev/reload".to_string(), "restart".to_string())]));
+        let d = Deployment {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(NS.into()),
+                annotations,
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::apps::v1::DeploymentSpec {
+                replicas: Some(1),
+                selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                    match_labels: Some(labels),
+                    ..Default::default()
+                },
+                template: t,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        deployments
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&d),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+    }
+    let status = id.status.expect("status");
+    Legacy {
+        first_serial: status.serial_number.expect("serial"),
+        first_not_after: status.not_after.expect("notAfter").0,
+        started,
+    }
+}
+
+/// What the legacy clients showed.
+struct RestartProof {
+    renewed: String,
+    restarts: i64,
+    restart_ok: f64,
+    plain_failed: f64,
+    plain_failing_after: f64,
+    seconds: f64,
+}
+
+impl fmt::Display for RestartProof {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "apps that do not reload ({:.0} s): {LEGACY_RESTART} restarted {} time(s) by tlsid (onto serial {}), \
+             its current pod {} handshakes, 0 failed; {LEGACY_PLAIN} (not opted in) failing {:.0} s after its \
+             certificate expired ({} failed handshakes)",
+            self.seconds,
+            self.restarts,
+            self.renewed,
+            self.restart_ok,
+            self.plain_failing_after,
+            self.plain_failed
+        )
+    }
+}
+
+/// Once the legacy identity's first certificate has expired: the opted-in client was restarted
+/// onto the renewed certificate and its handshakes succeed (every pod of it scraped on the way
+/// saw no failure); the other one, the same program on the same Secret, fails its handshakes.
+/// Then both Deployments and the identity are deleted (the CA rollover that follows does not
+/// wait for them).
+async fn legacy_clients_across_a_rotation(e2e: &E2e, legacy: Legacy) -> RestartProof {
+    let renewed = serial(
+        &e2e.wait_identity_for(LEGACY, "a renewed serial", LEGACY_LIFETIME, |s| {
+            s != legacy.first_serial
+        })
+        .await,
+    );
+    let restart_selector = format!("app.kubernetes.io/instance={LEGACY_RESTART}");
+    let plain_selector = format!("app.kubernetes.io/instance={LEGACY_PLAIN}");
+    // Until the plain client fails (its certificate expired), every scrape of the opted-in one
+    // must show no failed handshake.
+    let (plain_failed, failing_at) = e2e
+        .eventually(
+            "the client not opted in failing once its certificate expired",
+            LEGACY_LIFETIME + TIMEOUT,
+            || async {
+                let pods = e2e
+                    .pods()
+                    .list(&ListParams::default().labels(&restart_selector))
+                    .await
+                    .ok()?;
+                for pod in &pods.items {
+                    if let Some(m) = e2e.scrape(pod).await {
+                        assert_eq!(
+                            m.handshakes("client", "failure"),
+                            0.0,
+                            "{LEGACY_RESTART} pod {} failed a handshake:\n{}",
+                            pod.name_any(),
+                            e2e.log(pod).await
+                        );
+                    }
+                }
+                let plain = e2e.find_one_pod(&plain_selector, false).await?;
+                let m = e2e.scrape(&plain).await?;
+                let failed = m.handshakes("client", "failure");
+                (failed > 0.0).then(|| (failed, jiff::Timestamp::now()))
+            },
+        )
+        .await;
+    let plain = e2e
+        .find_one_pod(&plain_selector, false)
+        .await
+        .expect("plain pod");
+    let plain_log = e2e.log(&plain).await;
+    assert!(
+        failing_at >= legacy.first_not_after,
+        "{LEGACY_PLAIN} failed before its certificate expired at {}:\n{plain_log}",
+        legacy.first_not_after
+    );
+    let m = e2e.scrape(&plain).await.expect("plain metrics");
+    assert_eq!(
+        m.own_serial().as_deref(),
+        Some(legacy.first_serial.as_str()),
+        "{LEGACY_PLAIN} still presents its first certificate (it never reloads)"
+    );
+    // The opted-in one: restarted onto the renewed certificate, succeeding on it.
+    let pod = e2e.ready_pod("legacy", LEGACY_RESTART).await;
+    let current = serial(&e2e.identities().get(LEGACY).await.expect("legacy"));
+    let ok = e2e
+        .eventually(
+            "the opted-in client handshaking on the renewed certificate",
+            TIMEOUT,
+            || async {
+                let m = e2e.scrape(&pod).await?;
+                assert_eq!(
+                    m.handshakes("client", "failure"),
+                    0.0,
+                    "{}",
+                    e2e.log(&pod).await
+                );
+                (m.own_serial() == Some(current.clone())
+                    && m.handshakes("client", "success") >= 2.0)
+                    .then(|| m.handshakes("client", "success"))
+            },
+        )
+        .await;
+    let deployments: Api<Deployment> = Api::namespaced(e2e.client.clone(), NS);
+    let d = deployments
+        .get(LEGACY_RESTART)
+        .await
+        .expect("legacy-restart");
+    let annotations = d
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .unwrap_or_default();
+    assert!(
+        annotations
+            .get("tlsid.dev/restarted-for")
+            .is_some_and(|r| r.contains(&format!("={current}."))),
+        "{annotations:?}"
+    );
+    // Opting in restarted it once, then each renewal once.
+    let restarts = d.metadata.generation.unwrap_or(1) - 1;
+    let id = e2e.identities().get(LEGACY).await.expect("legacy");
+    let consumers = id.status.map(|s| s.consumers).unwrap_or_default();
+    assert!(
+        consumers
+            .iter()
+            .any(|c| c.name == LEGACY_RESTART && c.reload == "restart"),
+        "{consumers:?}"
+    );
+    assert!(
+        consumers
+            .iter()
+            .any(|c| c.name == LEGACY_PLAIN && c.reload == "none"),
+        "{consumers:?}"
+    );
+    assert_eq!(
+        deployments
+            .get(LEGACY_PLAIN)
+            .await
+            .expect("legacy-plain")
+            .metadata
+            .generation,
+        Some(1),
+        "tlsid restarted a workload that did not opt in"
+    );
+    for name in [LEGACY_RESTART, LEGACY_PLAIN] {
+        e2e.delete_deployment(name).await;
+    }
+    e2e.identities()
+        .delete(LEGACY, &DeleteParams::default())
+        .await
+        .expect("delete the legacy identity");
+    // Its Secret stays (deletion keeps what workloads mount): delete it too, once the identity
+    // is gone, or the rollover below would wait for it to get the next bundle.
+    tokio::time::timeout(
+        TIMEOUT,
+        await_condition(e2e.identities(), LEGACY, conditions::is_deleted("")),
+    )
+    .await
+    .expect("the legacy identity gone")
+    .expect("watch TlsIdentity");
+    e2e.secrets(NS)
+        .delete(&format!("{LEGACY}-tls"), &DeleteParams::default())
+        .await
+        .expect("delete the legacy Secret");
+    step(&format!(
+        "legacy clients: {LEGACY_RESTART} restarted {restarts} time(s) and handshaking on {current}; \
+         {LEGACY_PLAIN} failing since its certificate expired ({plain_failed} failed handshakes)"
+    ));
+    RestartProof {
+        renewed,
+        restarts,
+        restart_ok: ok,
+        plain_failed,
+        plain_failing_after: (failing_at.as_second() - legacy.first_not_after.as_second()) as f64,
+        seconds: legacy.started.elapsed().as_secs_f64(),
+    }
 }
 
 fn step(what: &str) {
@@ -1257,6 +1557,32 @@ impl E2e {
             .await
             .unwrap_or_else(|_| panic!("TlsIdentity {NS}/{name}: no {what} within {TIMEOUT:?}"))
             .expect("watch TlsIdentity");
+        found.expect("identity exists")
+    }
+
+    /// [`Self::wait_identity`] with a longer bound (a renewal that follows the clock).
+    async fn wait_identity_for(
+        &self,
+        name: &str,
+        what: &str,
+        extra: Duration,
+        accept: impl Fn(&str) -> bool,
+    ) -> TlsIdentity {
+        let cond = |obj: Option<&TlsIdentity>| {
+            obj.is_some_and(|id| {
+                id.condition("Ready").is_some_and(|c| c.status == "True") && {
+                    let s = serial(id);
+                    !s.is_empty() && accept(&s)
+                }
+            })
+        };
+        let found = tokio::time::timeout(
+            TIMEOUT + extra,
+            await_condition(self.identities(), name, cond),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("TlsIdentity {NS}/{name}: no {what}"))
+        .expect("watch TlsIdentity");
         found.expect("identity exists")
     }
 

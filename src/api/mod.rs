@@ -77,6 +77,24 @@ pub const REVISION_ANNOTATION: &str = "tlsid.dev/revision";
 /// Digest of the trust bundle (`ca.crt`) an identity Secret holds: a CA rollover waits until every
 /// Secret holds the bundle with the next root, reading this from Secret metadata alone.
 pub const TRUST_BUNDLE_ANNOTATION: &str = "tlsid.dev/trust-bundle";
+/// Annotation on a Deployment, StatefulSet or DaemonSet naming how it takes in a rotated
+/// certificate: `restart` (its pods load certificates only at start: tlsid restarts it, the way
+/// `kubectl rollout restart` does, after each change of an identity Secret it mounts). Absent or
+/// any other value: tlsid restarts nothing (the workload re-reads the files itself).
+pub const RELOAD_ANNOTATION: &str = "tlsid.dev/reload";
+/// The [`RELOAD_ANNOTATION`] value that opts a workload in.
+pub const RELOAD_RESTART: &str = "restart";
+/// Pod-template annotation written with each restart: what the pods were started for, as
+/// `<secret>=<serial>.<bundle digest>` pairs (sorted, comma-separated). Restarts happen when it
+/// differs from the Secrets' current content, and the restart writes it: one patch, so a crash
+/// never skips or doubles a restart.
+pub const RESTARTED_FOR_ANNOTATION: &str = "tlsid.dev/restarted-for";
+/// Pod-template annotation: when tlsid last restarted the workload (RFC 3339).
+pub const RESTARTED_AT_ANNOTATION: &str = "tlsid.dev/restartedAt";
+/// Pod-template annotation: why tlsid last restarted the workload.
+pub const RESTART_REASON_ANNOTATION: &str = "tlsid.dev/restart-reason";
+/// Most entries kept in `status.consumers` (opted-in workloads first, then by kind and name).
+pub const MAX_CONSUMERS: usize = 50;
 
 pub const DEFAULT_DURATION_SECS: u64 = 24 * 3600;
 pub const MIN_DURATION_SECS: u64 = 60;
@@ -481,6 +499,35 @@ pub struct TlsIdentityStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Workloads (Deployments, StatefulSets, DaemonSets in this namespace) that mount this
+    /// identity's Secret as a volume, a projected volume, or through `env`/`envFrom`; at most 50,
+    /// those opted in to restarts first. Kept only when the controller runs with `--restarts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub consumers: Vec<Consumer>,
+}
+
+/// A workload that mounts an identity's Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Consumer {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: String,
+    /// The workload's name (same namespace as the identity).
+    pub name: String,
+    /// `restart`: tlsid restarts it after each change of the Secret (annotation
+    /// `tlsid.dev/reload: restart`). `none`: tlsid restarts nothing; the workload must re-read
+    /// the files itself.
+    pub reload: String,
+    /// `reload: restart` only: its pod template was restarted for the Secret's current content
+    /// and its rollout has finished. Always false for `reload: none` (tlsid cannot tell).
+    pub caught_up: bool,
+    /// When tlsid last restarted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart: Option<Time>,
+    /// What it waits for, or what is wrong (a `subPath` mount never sees a rotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 fn revision_lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {

@@ -143,6 +143,7 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
         },
         namespace_labels: &namespace_labels,
         now: now(),
+        consumers: super::restarts::consumers_of(ctx, &ns, &identity.name_any()),
     };
 
     // --- decide, then sign or reuse (CPU-bound: off the async workers).

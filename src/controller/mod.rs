@@ -12,6 +12,7 @@ mod identity;
 pub mod leader;
 pub mod metrics;
 pub mod names;
+pub mod restarts;
 pub mod rollover;
 pub mod server;
 pub mod trust;
@@ -82,6 +83,8 @@ pub struct Config {
     pub rollover: rollover::RolloverConfig,
     /// Trust bundles for workloads without an identity (ConfigMaps, ClusterTrustBundle).
     pub trust: trust::TrustConfig,
+    /// Restart orchestration (workloads with `tlsid.dev/reload: restart`).
+    pub restarts: restarts::RestartConfig,
 }
 
 /// Shared state, built once in `run`.
@@ -117,6 +120,8 @@ pub struct Context {
     /// The trust bundles' caches (set once their watches exist) and what wakes their writer.
     pub trust: std::sync::OnceLock<trust::Stores>,
     pub trust_wake: tokio::sync::Notify,
+    /// Restart orchestration's caches and consumer lists.
+    pub restarts: restarts::State,
 }
 
 impl Context {
@@ -159,6 +164,7 @@ impl Context {
             stores: std::sync::OnceLock::new(),
             trust: std::sync::OnceLock::new(),
             trust_wake: tokio::sync::Notify::new(),
+            restarts: restarts::State::default(),
         }
     }
 
@@ -455,6 +461,11 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     // (a 429, a relist) must not hold up the identities.
     let (namespace_tx, namespace_rx) =
         futures::channel::mpsc::channel::<ObjectRef<DynamicObject>>(256);
+    // Workloads that opt in to restarts: their own watches and driver; an identity whose
+    // consumers changed is reconciled (its status lists them).
+    let (consumers_tx, consumers_rx) =
+        futures::channel::mpsc::channel::<ObjectRef<DynamicObject>>(256);
+    let restarts_task = tokio::spawn(restarts::run(ctx.clone(), consumers_tx));
     let namespace_task = ctx.config.names.restrict_to_namespace.then(|| {
         tokio::spawn(names::watch_namespaces(
             client.clone(),
@@ -473,6 +484,10 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
                 .backoff(WatchBackoff::new())
                 .modify(|s| s.metadata.managed_fields = None)
                 .reflect(secret_writer)
+                .inspect({
+                    let ctx = ctx.clone();
+                    move |_| ctx.restarts.wake.notify_one()
+                })
                 .touched_objects(),
             move |s: PartialObjectMeta<Secret>| {
                 let name = s.labels().get(IDENTITY_LABEL).cloned();
@@ -511,6 +526,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         .trigger_backoff(WatchBackoff::new())
         .reconcile_all_on(reconcile_all_rx)
         .reconcile_on(namespace_rx)
+        .reconcile_on(consumers_rx)
         .shutdown_on_signal();
     let ready_ctx = ctx.clone();
     tokio::spawn(async move {
@@ -554,6 +570,7 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     ca_task.abort();
     rollover_task.abort();
     trust_task.abort();
+    restarts_task.abort();
     for task in [policy_task, namespace_task].into_iter().flatten() {
         task.abort();
     }

@@ -401,6 +401,10 @@ pub async fn run(ctx: Arc<Context>) {
             mode: Mode::Normal,
         });
         let request = edit.or_else(|| seen.request.clone());
+        // Workloads that restart to load certificates: not counted before their caches list.
+        let Some(awaiting_restart) = super::restarts::awaiting(&ctx) else {
+            continue;
+        };
         let state = &seen.state;
         let counts = count(&ctx, state);
         ctx.metrics
@@ -436,8 +440,7 @@ pub async fn run(ctx: Arc<Context>) {
             secrets_awaiting_bundle: counts.secrets_awaiting_bundle,
             trust_bundles_awaiting: counts.trust_bundles_awaiting,
             consumers,
-            // tlsid restarts no workload yet: nothing to wait for here.
-            awaiting_restart: 0,
+            awaiting_restart,
             leaves_on_previous: counts.leaves_on_previous,
             longest_leaf: counts.longest_leaf,
         };

@@ -136,8 +136,8 @@ async fn connect_until(
     Ok(())
 }
 
-/// Where each attempt's credentials come from: the mounted Secret, or (`--impostor`) a fixed set
-/// from a throwaway CA.
+/// Where each attempt's credentials come from: the mounted Secret, or a fixed set: (`--impostor`)
+/// from a throwaway CA, or (`--no-reload`) the mounted files as they were at start.
 enum Source {
     Mounted(Box<CredentialStore>),
     Impostor(Arc<Credentials>),
@@ -158,6 +158,15 @@ impl Source {
                 telemetry.clone(),
             )
             .await;
+            if args.no_reload {
+                let creds = store.current().await;
+                warn!(
+                    serial = %creds.leaf.serial,
+                    not_after = %creds.leaf.not_after_rfc3339(),
+                    "no-reload mode: credentials loaded once and never re-read; only a restart brings new ones",
+                );
+                return Ok(Self::Impostor(creds));
+            }
             return Ok(Self::Mounted(Box::new(store)));
         }
         // Only the trust bundle is wanted, and it may appear after the pod starts.

@@ -164,6 +164,12 @@ pub struct ClientArgs {
     /// rejecting a client that tlsid did not issue.
     #[arg(long)]
     pub impostor: bool,
+
+    /// Load tls.crt, tls.key and ca.crt once at start and never again, like an app that does not
+    /// reload: a rotation reaches it only through a restart (`tlsid.dev/reload: restart` on its
+    /// workload), and without one its handshakes fail once its certificate expires.
+    #[arg(long, conflicts_with = "impostor")]
+    pub no_reload: bool,
 }
 
 /// Serve mTLS until `shutdown` resolves; then stop accepting and let connections in flight finish.

@@ -320,12 +320,27 @@ async fn start_client(dir: &CertDir, server: SocketAddr, count: Option<u64>) -> 
     start_client_with(dir, server, count, Duration::ZERO).await
 }
 
+/// A client with `--no-reload`.
+async fn start_client_no_reload(dir: &CertDir, server: SocketAddr) -> Running {
+    start_client_opts(dir, server, None, Duration::ZERO, true).await
+}
+
 /// A client with `--trust-lag`.
 async fn start_client_with(
     dir: &CertDir,
     server: SocketAddr,
     count: Option<u64>,
     trust_lag: Duration,
+) -> Running {
+    start_client_opts(dir, server, count, trust_lag, false).await
+}
+
+async fn start_client_opts(
+    dir: &CertDir,
+    server: SocketAddr,
+    count: Option<u64>,
+    trust_lag: Duration,
+    no_reload: bool,
 ) -> Running {
     let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = metrics.local_addr().unwrap();
@@ -339,6 +354,7 @@ async fn start_client_with(
         reload_interval: RELOAD,
         trust_lag,
         impostor: false,
+        no_reload,
     };
     let target = Target::parse(&args.connect, args.server_name.as_deref()).unwrap();
     let (stop, signal) = stop_signal();
@@ -694,6 +710,38 @@ async fn chains_through_an_intermediate_verify_against_the_root() {
         failed.reason
     );
     server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_no_reload_client_keeps_its_first_certificate() {
+    let ca = Ca::new("cluster CA");
+    let (server_v1, client_v1, client_v2) = (
+        ca.issue(SERVER_ID),
+        ca.issue(CLIENT_ID),
+        ca.issue(CLIENT_ID),
+    );
+    let server_dir = dir_with(&server_v1, &ca.pem);
+    let mut client_dir = dir_with(&client_v1, &ca.pem);
+    let server = start_server(&server_dir).await;
+    wait_ready(&server).await;
+    let client = start_client_no_reload(&client_dir, server.addr).await;
+    wait_ready(&client).await;
+    client_dir.publish_leaf(&client_v2, &ca.pem);
+    // Well past the reload interval (a reloading client would have the new one by now), it
+    // still presents the first certificate.
+    tokio::time::sleep(RELOAD * 5).await;
+    let before = handshakes(&client.metrics().await, "client", "success");
+    eventually("more exchanges after the files changed", || async {
+        handshakes(&client.metrics().await, "client", "success") >= before + 3.0
+    })
+    .await;
+    assert_eq!(
+        serial_label(
+            &client.metrics().await,
+            "tlsid_demo_certificate_serial_info"
+        ),
+        Some(client_v1.serial.clone())
+    );
 }
 
 #[tokio::test]

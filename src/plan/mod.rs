@@ -9,6 +9,7 @@
 
 pub mod budget;
 pub mod ca_state;
+pub mod consumers;
 pub mod rollover;
 pub mod status;
 pub mod trust;
@@ -88,6 +89,9 @@ pub struct Observed<'a> {
     pub namespace_labels: &'a std::collections::BTreeMap<String, String>,
     /// Whole seconds: certificates and status timestamps carry no more.
     pub now: jiff::Timestamp,
+    /// The workloads that mount the identity's Secret (`status.consumers`), from
+    /// [`consumers::pass`]; `None` leaves the field as it is (restarts off, or not computed yet).
+    pub consumers: Option<Vec<crate::api::Consumer>>,
 }
 
 impl Observed<'_> {
@@ -804,6 +808,9 @@ pub fn finish(obs: &Observed<'_>, outcome: Outcome, demo: DemoOutcome) -> Plan {
     }
     if let Some(d) = demo.recheck {
         soon(d);
+    }
+    if let Some(consumers) = &obs.consumers {
+        st.consumers = consumers.clone();
     }
 
     if st != old {

@@ -79,6 +79,7 @@ fn run_with(
         ca_secret_problem: None,
         names: names(),
         namespace_labels: no_labels(),
+        consumers: None,
         now,
     };
     let decision = decide(&obs);
@@ -550,6 +551,7 @@ fn failed(id: &TlsIdentity, reason: Reason, persistent: bool, now: jiff::Timesta
         ca_secret_problem: None,
         names: names(),
         namespace_labels: no_labels(),
+        consumers: None,
         now,
     };
     Run {
@@ -634,6 +636,7 @@ fn a_failed_renewal_keeps_a_valid_certificate_ready() {
         ca_secret_problem: None,
         names: names(),
         namespace_labels: no_labels(),
+        consumers: None,
         now: t0() + secs(3600),
     };
     let plan = finish(
@@ -986,6 +989,7 @@ fn observed_with_ca_secret(
         ca_secret_problem: problem,
         names: names(),
         namespace_labels: no_labels(),
+        consumers: None,
         now,
     };
     let decision = decide(&obs);
