@@ -482,56 +482,17 @@ async fn a_refused_write_is_a_condition_with_the_apiservers_message_and_no_retry
     // A real admission policy refuses every Secret write in this namespace that carries the
     // label "refuse": the apiserver answers 422 with the policy's message.
     let client = env.ids.clone().into_client();
-    let policy_name = format!("refuse-secrets-{}", env.ns);
-    let policy: serde_json::Value = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": policy_name},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [{
-                "apiGroups": [""], "apiVersions": ["v1"],
-                "operations": ["CREATE", "UPDATE"], "resources": ["secrets"]}]},
-            "validations": [{
-                "expression": "!has(object.metadata.labels) || !('refuse' in object.metadata.labels)",
-                "message": "secrets labelled refuse are not allowed here"}]
-        }
-    });
-    let binding: serde_json::Value = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": policy_name},
-        "spec": {
-            "policyName": policy_name,
-            "validationActions": ["Deny"],
-            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": env.ns}}}
-        }
-    });
-    let gvk = |kind: &str| {
-        kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-            "admissionregistration.k8s.io",
-            "v1",
-            kind,
-        ))
-    };
-    let policies: Api<kube::api::DynamicObject> =
-        Api::all_with(client.clone(), &gvk("ValidatingAdmissionPolicy"));
-    let bindings: Api<kube::api::DynamicObject> =
-        Api::all_with(client.clone(), &gvk("ValidatingAdmissionPolicyBinding"));
-    policies
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(policy).unwrap(),
-        )
-        .await
-        .unwrap();
-    bindings
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(binding).unwrap(),
-        )
-        .await
-        .unwrap();
+    let denial = Denial::install(
+        &client,
+        &format!("refuse-secrets-{}", env.ns),
+        &env.ns,
+        json!([{
+            "apiGroups": [""], "apiVersions": ["v1"],
+            "operations": ["CREATE", "UPDATE"], "resources": ["secrets"]}]),
+        "!has(object.metadata.labels) || !('refuse' in object.metadata.labels)",
+        "secrets labelled refuse are not allowed here",
+    )
+    .await;
     // Policies take effect asynchronously: wait until a probe Secret is refused.
     let probe: Secret = serde_json::from_value(
         json!({"metadata": {"name": "probe", "labels": {"refuse": "x"}}, "stringData": {"a": "b"}}),
@@ -599,14 +560,7 @@ async fn a_refused_write_is_a_condition_with_the_apiservers_message_and_no_retry
     assert_eq!(warnings, 1, "one Warning for one refusal");
 
     // Remove the policy and fix the spec: the fix is tried at once, not after the capped wait.
-    bindings
-        .delete(&policy_name, &Default::default())
-        .await
-        .unwrap();
-    policies
-        .delete(&policy_name, &Default::default())
-        .await
-        .unwrap();
+    denial.remove().await;
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while env
         .secrets

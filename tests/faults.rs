@@ -8,7 +8,7 @@ mod support;
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Secret};
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use rand::Rng;
 use serde_json::json;
@@ -124,65 +124,22 @@ async fn an_unusable_ca_secret_keeps_the_last_good_ca_signing() {
 }
 
 /// The status subresource of identities labelled `deny-status` refused by a real admission
-/// policy (422), for as long as the guard lives.
-struct DenyStatus {
-    policies: Api<DynamicObject>,
-    bindings: Api<DynamicObject>,
-    name: String,
-}
+/// policy (422), once it has taken effect.
+struct DenyStatus;
 
 impl DenyStatus {
-    async fn install(client: &kube::Client, ns: &str, ids: &Api<TlsIdentity>) -> Self {
-        let gvk = |kind: &str| {
-            kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-                "admissionregistration.k8s.io",
-                "v1",
-                kind,
-            ))
-        };
-        let policies: Api<DynamicObject> =
-            Api::all_with(client.clone(), &gvk("ValidatingAdmissionPolicy"));
-        let bindings: Api<DynamicObject> =
-            Api::all_with(client.clone(), &gvk("ValidatingAdmissionPolicyBinding"));
-        let name = format!("deny-status-{ns}");
-        let policy = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicy",
-            "metadata": {"name": name},
-            "spec": {
-                "failurePolicy": "Fail",
-                "matchConstraints": {"resourceRules": [{
-                    "apiGroups": ["tlsid.dev"], "apiVersions": ["*"],
-                    "operations": ["UPDATE"], "resources": ["tlsidentities/status"]}]},
-                "validations": [{
-                    "expression": "!has(object.metadata.labels) || !('deny-status' in object.metadata.labels)",
-                    "message": "status writes are switched off for this test"}]
-            }
-        });
-        let binding = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicyBinding",
-            "metadata": {"name": name},
-            "spec": {
-                "policyName": name,
-                "validationActions": ["Deny"],
-                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
-            }
-        });
-        policies
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(policy).unwrap(),
-            )
-            .await
-            .unwrap();
-        bindings
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(binding).unwrap(),
-            )
-            .await
-            .unwrap();
+    async fn install(client: &kube::Client, ns: &str, ids: &Api<TlsIdentity>) -> Denial {
+        let denial = Denial::install(
+            client,
+            &format!("deny-status-{ns}"),
+            ns,
+            json!([{
+                "apiGroups": ["tlsid.dev"], "apiVersions": ["*"],
+                "operations": ["UPDATE"], "resources": ["tlsidentities/status"]}]),
+            "!has(object.metadata.labels) || !('deny-status' in object.metadata.labels)",
+            "status writes are switched off for this test",
+        )
+        .await;
         // Policies take effect asynchronously: wait until a probe's status write is refused.
         let mut probe = identity("probe", json!({"dnsNames": ["probe.ns.svc"]}));
         probe.labels_mut().insert("deny-status".into(), "x".into());
@@ -206,22 +163,7 @@ impl DenyStatus {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Self {
-            policies,
-            bindings,
-            name,
-        }
-    }
-
-    async fn remove(self) {
-        let _ = self
-            .bindings
-            .delete(&self.name, &DeleteParams::default())
-            .await;
-        let _ = self
-            .policies
-            .delete(&self.name, &DeleteParams::default())
-            .await;
+        denial
     }
 }
 

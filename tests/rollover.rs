@@ -150,20 +150,6 @@ fn cross_verify(samples: &[Sample]) -> usize {
     pairs.len()
 }
 
-fn cli(cluster: &Cluster, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tlsid"))
-        .args(args)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .output()
-        .expect("run tlsid");
-    assert!(
-        out.status.success(),
-        "tlsid {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 /// Wait (up to `limit`) until the CA Secret says the rollover is over: Stable, nothing staged or
 /// kept from the previous CA.
 async fn wait_stable(secrets: &Api<Secret>, limit: Duration) -> Secret {
@@ -228,20 +214,20 @@ async fn rollover_to_a_new_root_keeps_every_leaf_trusted_by_every_peer() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (samples, task) = sampler(env.secrets.clone(), stop.clone());
 
-    let said = cli(
+    let said = tlsid_cli(
         cluster,
         &["ca", "rotate", "--install-namespace", &env.ns, "--wait"],
     );
     assert!(said.contains("taken up by the controller"), "{said}");
     // Mid-rollover, `tlsid ca status` shows the phase and both roots.
-    let status: serde_json::Value = serde_json::from_str(&cli(
+    let status: serde_json::Value = serde_json::from_str(&tlsid_cli(
         cluster,
         &["ca", "status", "--install-namespace", &env.ns, "-o", "json"],
     ))
     .unwrap();
     assert_ne!(status["phase"], "Stable", "{status}");
     assert_eq!(status["roots"].as_array().unwrap().len(), 2, "{status}");
-    let text = cli(cluster, &["ca", "status", "--install-namespace", &env.ns]);
+    let text = tlsid_cli(cluster, &["ca", "status", "--install-namespace", &env.ns]);
     assert!(
         text.contains("Phase:") && text.contains("Trust bundle (2 root(s))"),
         "{text}"
@@ -261,12 +247,15 @@ async fn rollover_to_a_new_root_keeps_every_leaf_trusted_by_every_peer() {
                 && o.and_then(|o| o.status.as_ref()?.ca_fingerprint.clone()) == Some(signer.clone())
         })
         .await;
-        let s = env
-            .secrets
-            .get(&format!("{}-tls", id.name_any()))
-            .await
-            .unwrap();
-        assert_eq!(roots(&s), new_roots);
+        // The retired root leaves each Secret's bundle after the CA Secret says Stable: wait for
+        // it (a race with that write, not a result, if read at once).
+        wait_secret(
+            &env.secrets,
+            &format!("{}-tls", id.name_any()),
+            "the new root alone",
+            |s| s.is_some_and(|s| roots(s) == new_roots),
+        )
+        .await;
     }
     let samples = samples.lock().unwrap().clone();
     let checked = cross_verify(&samples);
@@ -342,7 +331,7 @@ async fn rollover_to_a_user_intermediate_in_emergency_mode() {
         .unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (samples, task) = sampler(env.secrets.clone(), stop.clone());
-    cli(
+    tlsid_cli(
         cluster,
         &[
             "ca",

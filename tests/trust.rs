@@ -27,20 +27,6 @@ use tlsid::{
 
 const SELECT: &str = "tlsid-tests/trust";
 
-fn cli(cluster: &Cluster, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tlsid"))
-        .args(args)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .output()
-        .expect("run tlsid");
-    assert!(
-        out.status.success(),
-        "tlsid {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 fn ca_crt(cm: &ConfigMap) -> String {
     cm.data
         .as_ref()
@@ -117,62 +103,21 @@ async fn phase(client: &Client, ns: &str) -> String {
 
 /// Refuse UPDATEs of ConfigMaps in `ns` (a ValidatingAdmissionPolicy); returns a guard-like
 /// handle to remove it.
-struct DenyUpdates {
-    policies: Api<DynamicObject>,
-    bindings: Api<DynamicObject>,
-    name: String,
-}
+struct DenyUpdates;
 
 impl DenyUpdates {
-    async fn install(client: &Client, ns: &str, probe: &str) -> Self {
-        let gvk = |kind: &str| {
-            kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-                "admissionregistration.k8s.io",
-                "v1",
-                kind,
-            ))
-        };
-        let policies: Api<DynamicObject> =
-            Api::all_with(client.clone(), &gvk("ValidatingAdmissionPolicy"));
-        let bindings: Api<DynamicObject> =
-            Api::all_with(client.clone(), &gvk("ValidatingAdmissionPolicyBinding"));
-        let name = format!("deny-configmaps-{ns}");
-        let policy = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicy",
-            "metadata": {"name": name},
-            "spec": {
-                "failurePolicy": "Fail",
-                "matchConstraints": {"resourceRules": [{
-                    "apiGroups": [""], "apiVersions": ["*"],
-                    "operations": ["UPDATE"], "resources": ["configmaps"]}]},
-                "validations": [{"expression": "false", "message": "ConfigMap updates are switched off for this test"}]
-            }
-        });
-        let binding = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicyBinding",
-            "metadata": {"name": name},
-            "spec": {
-                "policyName": name,
-                "validationActions": ["Deny"],
-                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
-            }
-        });
-        policies
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(policy).unwrap(),
-            )
-            .await
-            .unwrap();
-        bindings
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(binding).unwrap(),
-            )
-            .await
-            .unwrap();
+    async fn install(client: &Client, ns: &str, probe: &str) -> Denial {
+        let denial = Denial::install(
+            client,
+            &format!("deny-configmaps-{ns}"),
+            ns,
+            json!([{
+                "apiGroups": [""], "apiVersions": ["*"],
+                "operations": ["UPDATE"], "resources": ["configmaps"]}]),
+            "false",
+            "ConfigMap updates are switched off for this test",
+        )
+        .await;
         // Policies take effect asynchronously: wait until an update of a probe is refused.
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
         let cm: ConfigMap =
@@ -200,22 +145,7 @@ impl DenyUpdates {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Self {
-            policies,
-            bindings,
-            name,
-        }
-    }
-
-    async fn remove(self) {
-        let _ = self
-            .bindings
-            .delete(&self.name, &DeleteParams::default())
-            .await;
-        let _ = self
-            .policies
-            .delete(&self.name, &DeleteParams::default())
-            .await;
+        denial
     }
 }
 
@@ -346,7 +276,7 @@ async fn trust_configmaps_follow_the_bundle_and_hold_the_rollover() {
 
     // A rollover, with ConfigMap updates refused in b: Publish waits for b.
     let deny = DenyUpdates::install(&client, &b, &format!("{name}-probe")).await;
-    let said = cli(
+    let said = tlsid_cli(
         cluster,
         &[
             "ca",
@@ -628,7 +558,7 @@ async fn cluster_trust_bundle_follows_the_bundle() {
     }
 
     // A rollover adds the next root: the ClusterTrustBundle follows.
-    cli(
+    tlsid_cli(
         cluster,
         &["ca", "rotate", "--install-namespace", &home, "--wait"],
     );

@@ -879,3 +879,97 @@ pub async fn events_at_least(client: &Client, ns: &str, reason: &str, at_least: 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `tlsid ARGS` (the binary under test) as cluster-admin; its stdout, or a failed test with its
+/// stderr.
+pub fn tlsid_cli(cluster: &Cluster, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tlsid"))
+        .args(args)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .output()
+        .expect("run tlsid");
+    assert!(
+        out.status.success(),
+        "tlsid {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A real ValidatingAdmissionPolicy and its binding, refusing (422, with `message`) the requests
+/// `rules` match in namespace `ns` whenever `expression` is false. Policies take effect
+/// asynchronously: callers wait for a probe to be refused before relying on it.
+pub struct Denial {
+    policies: Api<kube::api::DynamicObject>,
+    bindings: Api<kube::api::DynamicObject>,
+    pub name: String,
+}
+
+impl Denial {
+    pub async fn install(
+        client: &Client,
+        name: &str,
+        ns: &str,
+        rules: serde_json::Value,
+        expression: &str,
+        message: &str,
+    ) -> Self {
+        let gvk = |kind: &str| {
+            kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+                "admissionregistration.k8s.io",
+                "v1",
+                kind,
+            ))
+        };
+        let policies: Api<kube::api::DynamicObject> =
+            Api::all_with(client.clone(), &gvk("ValidatingAdmissionPolicy"));
+        let bindings: Api<kube::api::DynamicObject> =
+            Api::all_with(client.clone(), &gvk("ValidatingAdmissionPolicyBinding"));
+        let policy = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": rules},
+                "validations": [{"expression": expression, "message": message}]
+            }
+        });
+        let binding = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
+            }
+        });
+        policies
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(policy).unwrap(),
+            )
+            .await
+            .expect("create the admission policy");
+        bindings
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(binding).unwrap(),
+            )
+            .await
+            .expect("bind the admission policy");
+        Self {
+            policies,
+            bindings,
+            name: name.to_string(),
+        }
+    }
+
+    /// Take the policy away (best effort: a test that ends without it cleans up here too).
+    pub async fn remove(self) {
+        let params = kube::api::DeleteParams::default();
+        let _ = self.bindings.delete(&self.name, &params).await;
+        let _ = self.policies.delete(&self.name, &params).await;
+    }
+}
