@@ -55,7 +55,7 @@ fn mask(text: &str, ns: &str, authority: &str) -> String {
         (r"\((in [^)]*|[^()]* ago|now)\)", "(<when>)"),
         (r"\b(in \S+( \S+)?|\S+( \S+)? ago)\b", "<when>"),
         // Right-aligned ages: their padding follows their width.
-        (r"(?m)^ +<when>", "  <when>"),
+        (r"(?m)^ +(<when>|now)  ", "  <when>  "),
         (r"\b[0-9a-f]{8,}\b", "<hex>"),
         (r"\(\d+ bytes\)", "(<n> bytes)"),
     ];
