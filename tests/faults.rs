@@ -427,6 +427,54 @@ async fn a_replaced_ca_reissues_every_leaf_at_the_issuance_budget() {
     );
 }
 
+/// A wait for the issuance budget long enough to matter shows on the identity, once: with one
+/// certificate per 300 s (burst 1), the second of two new identities says `Issuing=True`
+/// `WaitingForBudget` with its turn while the first is Ready, and the gauge counts it. (A wait
+/// under two minutes writes nothing: the plan's table tests.)
+#[tokio::test]
+async fn a_long_wait_for_the_issuance_budget_shows_on_the_identity() {
+    let cluster = cluster().await;
+    let client = cluster.client().await;
+    let ns = namespace(&client, "budget-wait").await;
+    let c = Controller::start_with(
+        cluster,
+        &ns,
+        &[
+            "--watch-namespace",
+            &ns,
+            "--namespace",
+            &ns,
+            "--issuance-rate",
+            "0.0033",
+            "--issuance-burst",
+            "1",
+        ],
+    )
+    .await;
+    c.wait_leader(true).await;
+    let ids: Api<TlsIdentity> = Api::namespaced(client.clone(), &ns);
+    create_ready(&ids, "w", 1, "ns.svc").await;
+    ids.create(
+        &PostParams::default(),
+        &identity("w1", json!({"dnsNames": ["w1.ns.svc"]})),
+    )
+    .await
+    .unwrap();
+    let waiting = wait_identity(&ids, "w1", "waiting for the budget", |o| {
+        condition(o, "Issuing") == Some(("True".into(), "WaitingForBudget".into()))
+    })
+    .await;
+    assert!(!ready(Some(&waiting)), "nothing issued yet");
+    let msg = waiting.condition("Issuing").unwrap().message.clone();
+    assert!(msg.contains("issuance budget"), "{msg}");
+    assert_eq!(c.metric("tlsid_issuance_budget_waiting").await, 1.0);
+    assert!(ready(ids.get_opt("w0").await.unwrap().as_ref()));
+    row(
+        "issuance budget exhausted for minutes (1 per 300 s, burst 1)",
+        "the waiting identity says Issuing=True WaitingForBudget with its turn; the gauge counts it",
+    );
+}
+
 /// Deleting the CA Secret and creating a new one at once is a replacement, not an accident: the
 /// controller does not race the user's create with a restore of the old CA; it rolls over to the
 /// new CA (staged: published, then signing) and re-issues under it.

@@ -282,6 +282,8 @@ pub(crate) async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         loadavg,
         ready_curve,
         restart: None,
+        unrelated: None,
+        storm: None,
         ca_change: None,
     };
     std::fs::create_dir_all(&cfg.out)?;

@@ -18,6 +18,9 @@
 //! idents run      # one N; environment below; writes <out>/row-<N>.json
 //! idents restart-mark     # before the controller is restarted (see restart.rs)
 //! idents restart-measure  # after: TLSID_BENCH_STARTED_MS; adds the restart to row-<N>.json
+//! idents storm-wait     # sleeps until 10 s before the first identity is due (see storm.rs)
+//! idents storm          # controller stopped: waits until all are due, arms, measures the storm
+//! idents unrelated      # 30,000 Secrets without tlsid's label in the namespace
 //! idents ca-change      # an emergency CA rollover with N converged (see ca_change.rs)
 //! idents report   # every row-*.json -> markdown tables on stdout, <out>/report.md and report.svg
 //! ```
@@ -119,6 +122,27 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(cmd @ ("storm-wait" | "storm" | "unrelated")) => {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let n: usize = env_req("TLSID_BENCH_N")?.parse().context("TLSID_BENCH_N")?;
+            let namespace = env_req("TLSID_BENCH_NAMESPACE")?;
+            let result = match cmd {
+                "storm-wait" => rt.block_on(storm::wait(n, &namespace)),
+                "unrelated" => rt.block_on(storm::unrelated(
+                    &namespace,
+                    env_or("TLSID_BENCH_UNRELATED", 30_000usize)?,
+                )),
+                _ => storm_args(n, namespace).and_then(|a| rt.block_on(storm::measure(a))),
+            };
+            if let Err(e) = result {
+                eprintln!("idents: error: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Some(cmd @ ("restart-mark" | "restart-measure")) => {
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -135,7 +159,13 @@ fn main() -> anyhow::Result<()> {
                     n,
                     &out_dir(),
                     &env_req("TLSID_BENCH_CONTROLLER_METRICS")?,
+                    std::env::var("TLSID_BENCH_CONTROLLER_PID")
+                        .ok()
+                        .and_then(|p| p.parse().ok()),
                     started_ms,
+                    std::env::var("TLSID_BENCH_UNRELATED")
+                        .ok()
+                        .and_then(|u| u.parse().ok()),
                     Duration::from_secs(env_or("TLSID_BENCH_TIMEOUT_SECS", 600u64)?),
                 ))
             };
@@ -151,11 +181,31 @@ fn main() -> anyhow::Result<()> {
                 "idents: needs a control plane and a controller; run `hack/bench.sh` (or `make bench`)."
             );
             eprintln!(
-                "usage: idents run | restart-mark | restart-measure | report   (see benches/idents/)"
+                "usage: idents run | restart-mark | restart-measure | storm-wait | storm | unrelated | ca-change | report   (see benches/idents/)"
             );
             Ok(())
         }
     }
+}
+
+fn storm_args(n: usize, namespace: String) -> anyhow::Result<storm::StormArgs> {
+    Ok(storm::StormArgs {
+        n,
+        namespace,
+        controller: env_req("TLSID_BENCH_CONTROLLER_METRICS")?,
+        canary_kubeconfig: env_req("TLSID_BENCH_CANARY_KUBECONFIG")?,
+        canary_namespace: env_req("TLSID_BENCH_CANARY_NAMESPACE")?,
+        rate: env_or(
+            "TLSID_BENCH_ISSUANCE_RATE",
+            tlsid::plan::budget::DEFAULT_RATE,
+        )?,
+        burst: env_or(
+            "TLSID_BENCH_ISSUANCE_BURST",
+            tlsid::plan::budget::DEFAULT_BURST,
+        )?,
+        out: out_dir(),
+        timeout: Duration::from_secs(env_or("TLSID_BENCH_TIMEOUT_SECS", 600u64)?),
+    })
 }
 
 pub(crate) fn log(msg: &str) {
@@ -172,6 +222,7 @@ mod process;
 mod report;
 mod restart;
 mod row;
+mod storm;
 mod watch;
 
 use apiserver::*;
@@ -184,4 +235,5 @@ use process::*;
 use report::*;
 use restart::Restart;
 use row::*;
+use storm::Storm;
 use watch::*;

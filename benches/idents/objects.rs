@@ -21,11 +21,28 @@ pub(crate) async fn create_namespace(client: &Client, name: &str) -> anyhow::Res
     }
 }
 
+/// The identities' `duration` and `renewBefore` (Go durations) from `TLSID_BENCH_DURATION` and
+/// `TLSID_BENCH_RENEW_BEFORE`: `hack/bench.sh` sets them so that every certificate of the bulk
+/// becomes due after the idle window and the restart (for the renewal storm, see storm.rs).
+fn lifetime() -> (Option<String>, Option<String>) {
+    static LIFETIME: std::sync::OnceLock<(Option<String>, Option<String>)> =
+        std::sync::OnceLock::new();
+    LIFETIME
+        .get_or_init(|| {
+            let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+            (get("TLSID_BENCH_DURATION"), get("TLSID_BENCH_RENEW_BEFORE"))
+        })
+        .clone()
+}
+
 /// A one-name identity: a Service name of its own namespace, which the built-in name rule permits.
 pub(crate) fn identity(prefix: &str, i: usize, ns: &str) -> TlsIdentity {
     let name = format!("{prefix}-{i:05}");
+    let (duration, renew_before) = lifetime();
     let spec = TlsIdentitySpec {
         dns_names: vec![format!("{name}.{ns}.svc")],
+        duration: duration.map(Into::into),
+        renew_before: renew_before.map(Into::into),
         ..Default::default()
     };
     TlsIdentity::new(&name, spec)

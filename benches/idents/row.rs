@@ -62,6 +62,12 @@ pub(crate) struct Row {
     /// The restart scenario, when run.
     #[serde(default)]
     pub(crate) restart: Option<Restart>,
+    /// The restart again, with unrelated Secrets in the namespace (the largest N only).
+    #[serde(default)]
+    pub(crate) unrelated: Option<Restart>,
+    /// The renewal storm, when run.
+    #[serde(default)]
+    pub(crate) storm: Option<Storm>,
     /// The CA change at scale, when run.
     #[serde(default)]
     pub(crate) ca_change: Option<CaChange>,

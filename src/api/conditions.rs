@@ -45,6 +45,11 @@ pub enum Reason {
     IssuanceFailed,
     /// Writing the Secret failed for a reason that may pass (a timeout, a conflict, a 5xx).
     SecretWriteFailed,
+    // --- Issuing=True, no failure
+    /// A certificate is due but waits for the install's issuance budget (a renewal storm, a CA
+    /// change re-issuing everything); shown only when the wait is long enough to matter
+    /// ([`crate::plan::BUDGET_WAIT_VISIBLE`]), so a bulk that passes in seconds writes nothing.
+    WaitingForBudget,
     // --- Issuing=False
     /// The stored certificate needs no re-issue.
     UpToDate,
@@ -78,6 +83,7 @@ impl Reason {
         Reason::CaExpiring,
         Reason::IssuanceFailed,
         Reason::SecretWriteFailed,
+        Reason::WaitingForBudget,
         Reason::UpToDate,
         Reason::CaSecretInvalid,
         Reason::Applied,
@@ -102,6 +108,7 @@ impl Reason {
             Reason::CaExpiring => "CaExpiring",
             Reason::IssuanceFailed => "IssuanceFailed",
             Reason::SecretWriteFailed => "SecretWriteFailed",
+            Reason::WaitingForBudget => "WaitingForBudget",
             Reason::UpToDate => "UpToDate",
             Reason::CaSecretInvalid => "CaSecretInvalid",
             Reason::Applied => "Applied",

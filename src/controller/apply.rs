@@ -39,7 +39,7 @@ pub async fn secret(
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..Default::default()
             };
-            api.create(&pp, &desired).await.map(|_| ())
+            api.create(&pp, &desired).await
         }
         Some(current) => {
             if resources::secret::owner_ref_to_drop(current, identity)
@@ -56,14 +56,17 @@ pub async fn secret(
                     current.metadata.resource_version.clone().into();
             }
             let pp = PatchParams::apply(FIELD_MANAGER).force();
-            api.patch(&name, &pp, &Patch::Apply(value))
-                .await
-                .map(|_| ())
+            api.patch(&name, &pp, &Patch::Apply(value)).await
         }
     };
     match result {
-        Ok(()) => {
+        Ok(written) => {
             info!(secret = name, "Secret written");
+            // The next reconcile (the one this write triggers) reads it from here.
+            ctx.secret_reads.wrote(
+                format!("{}/{name}", identity.namespace().unwrap_or_default()),
+                written,
+            );
             Written::Ok
         }
         Err(e) => Written::Failed(e),

@@ -61,6 +61,11 @@ pub fn is_persistent(err: &kube::Error) -> bool {
     }
 }
 
+/// Whether a create found the name taken.
+pub fn is_already_exists(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists")
+}
+
 /// Whether the apiserver asked us to slow down (429 from API Priority and Fairness or a rate
 /// limit) even after kube-client's own retries (it retries 429/503/504 with backoff, honouring
 /// Retry-After): not a failure of the object. Retried after a short pause, never recorded as a

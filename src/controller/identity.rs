@@ -6,8 +6,9 @@ use super::{
     Context,
     apply::{self, Written},
     demo,
-    error::{Error, api_message, is_persistent, is_throttled, throttle_pause},
+    error::{Error, api_message, is_already_exists, is_persistent, is_throttled, throttle_pause},
     metrics,
+    secret_reads::{self, Read},
 };
 use crate::plan::budget::Admit;
 use crate::{
@@ -122,10 +123,37 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
             source,
         }
     };
-    let secret = secrets
-        .get_opt(&identity.secret_name())
-        .await
-        .map_err(read("its Secret"))?;
+    // The Secret: a GET unless our own last write or the metadata cache already answers.
+    let secret_key = format!("{ns}/{}", identity.secret_name());
+    let cached_rv = ctx
+        .stores
+        .get()
+        .and_then(|s| {
+            s.secrets
+                .get(&ObjectRef::new(&identity.secret_name()).within(&ns))
+        })
+        .and_then(|m| m.metadata.resource_version.clone());
+    let issued = identity
+        .status
+        .as_ref()
+        .is_some_and(|s| s.serial_number.is_some());
+    let read_first = ctx.secret_reads.take_read_first(&secret_key);
+    let how = secret_reads::plan(
+        issued,
+        cached_rv.as_deref(),
+        ctx.secret_reads.written_rv(&secret_key).as_deref(),
+        read_first,
+    );
+    let kept = ctx.secret_reads.take_written(&secret_key);
+    let secret = match (how, kept) {
+        (Read::Written, Some(kept)) => Some(kept),
+        (Read::Absent, _) => None,
+        _ => secrets
+            .get_opt(&identity.secret_name())
+            .await
+            .map_err(read("its Secret"))?,
+    };
+    let created_unread = how == Read::Absent;
     let password = read_password(identity, &secrets)
         .await
         .map_err(read("its keystore password"))?;
@@ -149,6 +177,7 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
     // --- decide, then sign or reuse (CPU-bound: off the async workers).
     let decision = plan::decide(&obs);
     let key = format!("{ns}/{}", identity.name_any());
+    let mut budget_slot = None;
     if let Decision::Issue { reason, .. } = &decision {
         // Every issuance passes the install's budget: a bulk re-issue goes at a steady pace.
         if let Admit::Wait(wait) = ctx.admit_issuance(&key) {
@@ -157,12 +186,21 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
                 wait_ms = wait.as_millis() as u64,
                 "waiting for the issuance budget"
             );
-            return Ok(Action::requeue(wait));
+            if wait < plan::BUDGET_WAIT_VISIBLE {
+                // A short wait writes nothing: it comes back at its slot.
+                return Ok(Action::requeue(wait));
+            }
+            budget_slot = Some((reason.clone(), obs.now + wait));
         }
     } else {
         ctx.cancel_issuance(&key);
     }
     let outcome = match decision {
+        // A long wait is shown on the identity (once), then it comes back at its slot.
+        _ if budget_slot.is_some() => {
+            let (reason, slot) = budget_slot.take().expect("checked");
+            Outcome::Budget { reason, slot }
+        }
         Decision::Keep { info, renew_at } => {
             let (id, existing, ca2, pw) = (
                 identity.clone(),
@@ -278,6 +316,12 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
         let existing = obs.secret.filter(|s| resources::belongs_to(s, identity));
         match apply::secret(ctx, identity, desired, existing).await {
             Written::Ok => {}
+            Written::Failed(e) if created_unread && is_already_exists(&e) => {
+                // A Secret of that name the cache cannot see (not ours): read it, at once.
+                debug!("Secret exists though none of ours was cached; reading it");
+                ctx.secret_reads.conflicted(secret_key);
+                return Ok(Action::requeue(Duration::from_millis(100)));
+            }
             Written::Failed(e) if is_throttled(&e) => {
                 // Asked to slow down: nothing failed. Try again shortly; the status says nothing.
                 ctx.count_error("Throttled");

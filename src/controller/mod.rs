@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod names;
 pub mod restarts;
 pub mod rollover;
+pub mod secret_reads;
 pub mod server;
 pub mod trust;
 pub mod webhook;
@@ -122,6 +123,8 @@ pub struct Context {
     pub trust_wake: tokio::sync::Notify,
     /// Restart orchestration's caches and consumer lists.
     pub restarts: restarts::State,
+    /// What spares a reconcile its Secret GET (see `secret_reads`).
+    pub secret_reads: secret_reads::SecretReads,
 }
 
 impl Context {
@@ -165,6 +168,7 @@ impl Context {
             trust: std::sync::OnceLock::new(),
             trust_wake: tokio::sync::Notify::new(),
             restarts: restarts::State::default(),
+            secret_reads: secret_reads::SecretReads::default(),
         }
     }
 

@@ -38,6 +38,10 @@ use std::time::Duration;
 /// CA say: the floor that keeps a short lifetime, a clamped renewal point or a dying CA from
 /// turning into an issuance loop.
 pub const MIN_REISSUE_INTERVAL: Duration = Duration::from_secs(30);
+/// An identity waiting for the issuance budget shows it (`Issuing=True` `WaitingForBudget`) only
+/// when its slot is at least this far away: a bulk that the budget passes within this costs no
+/// extra write.
+pub const BUDGET_WAIT_VISIBLE: Duration = Duration::from_secs(120);
 /// A conflicting Secret is re-checked this often (a change to the identity triggers a reconcile at
 /// once; this only catches a user deleting their Secret, which no watch of ours sees).
 pub const CONFLICT_RECHECK: Duration = Duration::from_secs(600);
@@ -454,6 +458,13 @@ pub enum Outcome {
         content: SecretContent,
         keystore_problem: Option<String>,
     },
+    /// A certificate is due ([`Decision::Issue`]) but the install's issuance budget has given it
+    /// a slot at `slot`: nothing is signed now. Shown as `Issuing=True` `WaitingForBudget` only
+    /// when the slot is at least [`BUDGET_WAIT_VISIBLE`] away.
+    Budget {
+        reason: ReissueReason,
+        slot: jiff::Timestamp,
+    },
     /// Issuing or writing the Secret failed.
     Failed {
         /// Why a certificate was being issued (`None`: only the Secret's metadata or bundle was
@@ -569,6 +580,26 @@ pub fn finish(obs: &Observed<'_>, outcome: Outcome, demo: DemoOutcome) -> Plan {
         Outcome::Decided(Decision::Defer { until, .. }) => {
             soon(until_from(now, until));
         }
+        Outcome::Budget { reason, slot } => {
+            let shown = status::condition(&old, ISSUING).is_some_and(|c| {
+                c.status == "True" && c.reason == Reason::WaitingForBudget.as_str()
+            });
+            if !shown && until_from(now, slot) >= BUDGET_WAIT_VISIBLE {
+                set_condition(
+                    &mut st.conditions,
+                    ISSUING,
+                    true,
+                    Reason::WaitingForBudget.as_str(),
+                    format!(
+                        "{}; waiting for the install's issuance budget, this certificate's turn is at {slot}",
+                        reason.message()
+                    ),
+                    generation,
+                    now,
+                );
+            }
+            soon(until_from(now, slot));
+        }
         Outcome::Decided(Decision::CaCannotSign {
             problem, message, ..
         }) => {
@@ -623,6 +654,8 @@ pub fn finish(obs: &Observed<'_>, outcome: Outcome, demo: DemoOutcome) -> Plan {
             );
             if st.conditions.iter().all(|c| c.type_ != ISSUING)
                 || st.failed_issuance_attempts.is_some()
+                || status::condition(&st, ISSUING)
+                    .is_some_and(|c| c.reason == Reason::WaitingForBudget.as_str())
             {
                 set_condition(
                     &mut st.conditions,

@@ -323,6 +323,70 @@ fn renews_at_the_renewal_time_and_says_renewed() {
     assert!(idle.plan.status.is_none() && idle.plan.events.is_empty());
 }
 
+/// The renewal at `now` as the controller runs it when the issuance budget gives it a slot
+/// `wait` away instead of signing.
+fn budget_wait(id: &TlsIdentity, secret: &Secret, now: jiff::Timestamp, wait: i64) -> Run {
+    let obs = Observed {
+        identity: id,
+        secret: Some(secret),
+        password: KeystorePassword::NotRequested,
+        ca: ca(),
+        ca_secret_problem: None,
+        names: names(),
+        namespace_labels: no_labels(),
+        consumers: None,
+        now,
+    };
+    let decision = decide(&obs);
+    let Decision::Issue { reason, .. } = decision.clone() else {
+        panic!("not due: {decision:?}");
+    };
+    let outcome = Outcome::Budget {
+        reason,
+        slot: now + secs(wait),
+    };
+    Run {
+        decision,
+        plan: finish(&obs, outcome, DemoOutcome::default()),
+    }
+}
+
+#[test]
+fn waiting_for_the_issuance_budget_shows_only_when_long_and_once() {
+    let id = identity(serde_json::json!({"duration": "1h"}));
+    let (id, secret) = settled(&id);
+    let due = id.status.as_ref().unwrap().renewal_time.clone().unwrap().0;
+    // A short wait (a bulk the budget passes within BUDGET_WAIT_VISIBLE) writes nothing.
+    let short = budget_wait(&id, &secret, due, 30);
+    assert!(short.plan.status.is_none() && short.plan.secret.is_none());
+    assert!(short.plan.events.is_empty());
+    assert_eq!(short.plan.requeue, Some(Duration::from_secs(30)));
+    assert_eq!(cond(&short, ISSUING), ("False", "SecretMissing"));
+    // A long one is shown once: Issuing=True WaitingForBudget, Ready untouched, no Event.
+    let wait = BUDGET_WAIT_VISIBLE.as_secs() as i64 + 60;
+    let long = budget_wait(&id, &secret, due, wait);
+    assert_eq!(cond(&long, ISSUING), ("True", "WaitingForBudget"));
+    assert_eq!(cond(&long, READY), ("True", "Issued"));
+    assert!(long.plan.secret.is_none() && long.plan.events.is_empty());
+    assert_eq!(long.plan.requeue, Some(Duration::from_secs(wait as u64)));
+    let msg = &status::condition(&long.plan.effective_status, ISSUING)
+        .unwrap()
+        .message;
+    assert!(msg.contains("issuance budget"), "{msg}");
+    // Seen again while waiting (a watch event): nothing more is written.
+    let (waiting, _) = after(&id, Some(&secret), &long);
+    let again = budget_wait(&waiting, &secret, due + secs(10), wait - 10);
+    assert!(again.plan.status.is_none(), "written once");
+    // Its turn: renewed, and the condition says so.
+    let r = run(&waiting, Some(&secret), due + secs(wait));
+    assert_eq!(cond(&r, ISSUING), ("False", "Renewing"));
+    assert_eq!(cond(&r, READY), ("True", "Renewed"));
+    // No longer due by then (a spec change back, a restore): the wait is cleared, not left True.
+    let kept = run(&waiting, Some(&secret), t0() + secs(60));
+    assert!(matches!(kept.decision, Decision::Keep { .. }));
+    assert_eq!(cond(&kept, ISSUING), ("False", "UpToDate"));
+}
+
 #[test]
 fn a_renewal_point_at_issuance_never_loops() {
     // 60s with 99% before expiry: the renewal point is before the issuance (the backdate counts
@@ -967,6 +1031,17 @@ fn every_reason_is_reachable_from_the_decision() {
         },
     });
     note(&ca_secret_broken());
+    {
+        let id = identity(serde_json::json!({"duration": "1h"}));
+        let (id, secret) = settled(&id);
+        let due = id.status.as_ref().unwrap().renewal_time.clone().unwrap().0;
+        note(&budget_wait(
+            &id,
+            &secret,
+            due,
+            BUDGET_WAIT_VISIBLE.as_secs() as i64,
+        ));
+    }
     let missing: Vec<_> = Reason::ALL
         .iter()
         .filter(|r| !seen.contains(r.as_str()))
