@@ -1,6 +1,7 @@
 //! The plot of the report: identities Ready over time, one line per run (as a share of its N, so
 //! 100 and 10,000 fit one chart), with each run's calibration (N plain Secrets) as a dashed line of
-//! the same colour. Plain SVG, no dependency: viewable on GitHub and in any browser.
+//! the same colour, and its renewal storm (renewed over time from the controller's start, every
+//! identity due at once) dotted. Plain SVG, no dependency: viewable on GitHub and in any browser.
 
 use super::*;
 use std::fmt::Write as _;
@@ -37,7 +38,11 @@ pub(crate) fn ready_over_time(rows: &[Row], title: &str) -> String {
     let rows: Vec<&Row> = rows.iter().filter(|r| r.ready_curve.len() > 1).collect();
     let max_t = rows
         .iter()
-        .map(|r| r.ready_s.max(r.calibration_s))
+        .map(|r| {
+            r.ready_s
+                .max(r.calibration_s)
+                .max(r.storm.as_ref().map_or(0.0, |s| s.renewed_s))
+        })
         .fold(1.0, f64::max);
     let step = tick_step(max_t, 8.0);
     let x_max = (max_t / step).ceil() * step;
@@ -91,7 +96,7 @@ pub(crate) fn ready_over_time(rows: &[Row], title: &str) -> String {
     );
     let _ = writeln!(
         s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">seconds from the first create</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">seconds from the first create (storm: from the controller's start)</text>"#,
         LEFT + pw / 2.0,
         H - 10.0
     );
@@ -120,7 +125,19 @@ pub(crate) fn ready_over_time(rows: &[Row], title: &str) -> String {
             x(r.calibration_s),
             TOP + ph
         );
-        let ly = TOP + 10.0 + i as f64 * 44.0;
+        if let Some(storm) = r.storm.as_ref().filter(|s| s.curve.len() > 1) {
+            let points: Vec<String> = storm
+                .curve
+                .iter()
+                .map(|(t, k)| format!("{:.1},{:.1}", x(*t), y(*k as f64 / n)))
+                .collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="2" stroke-dasharray="1 3" points="{}"/>"#,
+                points.join(" ")
+            );
+        }
+        let ly = TOP + 10.0 + i as f64 * 62.0;
         let lx = LEFT + pw + 14.0;
         let _ = writeln!(
             s,
@@ -141,6 +158,17 @@ pub(crate) fn ready_over_time(rows: &[Row], title: &str) -> String {
             r.calibration_s,
             r.ready_s / r.calibration_s.max(1e-9)
         );
+        if let Some(storm) = &r.storm {
+            let _ = writeln!(
+                s,
+                r#"<line x1="{lx}" y1="{0}" x2="{1}" y2="{0}" stroke="{colour}" stroke-width="2" stroke-dasharray="1 3"/><text x="{2}" y="{3}">storm: all renewed {4:.1} s</text>"#,
+                ly + 36.0,
+                lx + 22.0,
+                lx + 28.0,
+                ly + 40.0,
+                storm.renewed_s
+            );
+        }
     }
     s.push_str("</svg>\n");
     s

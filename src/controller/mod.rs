@@ -89,6 +89,9 @@ pub struct Config {
 }
 
 /// Shared state, built once in `run`.
+/// kubectl's copy of an object applied with `kubectl apply` (client-side).
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 pub struct Context {
     pub client: Client,
     pub config: Config,
@@ -428,6 +431,15 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     };
     let stream = watcher(identities, served)
         .backoff(WatchBackoff::new())
+        // What the cache keeps of each identity: not its managedFields, nor kubectl's copy of the
+        // whole object (last-applied-configuration); nothing reads them, and at 10,000
+        // identities they would be most of the controller's memory.
+        .modify(|o| {
+            o.metadata.managed_fields = None;
+            if let Some(a) = o.metadata.annotations.as_mut() {
+                a.remove(LAST_APPLIED_ANNOTATION);
+            }
+        })
         .reflect(writer)
         .inspect(move |event| match event {
             // Per-identity metric series go with the identity; a relist also sweeps away the
