@@ -283,6 +283,7 @@ pub(crate) async fn run(cfg: RunConfig) -> anyhow::Result<()> {
         ready_curve,
         restart: None,
         unrelated: None,
+        idle_before_storm: None,
         storm: None,
         ca_change: None,
     };

@@ -130,7 +130,7 @@ fn main() -> anyhow::Result<()> {
             let n: usize = env_req("TLSID_BENCH_N")?.parse().context("TLSID_BENCH_N")?;
             let namespace = env_req("TLSID_BENCH_NAMESPACE")?;
             let result = match cmd {
-                "storm-wait" => rt.block_on(storm::wait(n, &namespace)),
+                "storm-wait" => rt.block_on(storm::wait(n, &namespace, &out_dir())),
                 "unrelated" => rt.block_on(storm::unrelated(
                     &namespace,
                     env_or("TLSID_BENCH_UNRELATED", 30_000usize)?,

@@ -31,6 +31,10 @@ pub(crate) struct Row {
     pub(crate) changes_after_ready: u64,
     pub(crate) idle_s: f64,
     pub(crate) idle_writes: Writes,
+    /// A second idle window: while the bench waits for the storm's certificates to come due
+    /// (after the restarts), seconds and writes.
+    #[serde(default)]
+    pub(crate) idle_before_storm: Option<(f64, Writes)>,
     /// Mutating requests to other resources (the apiserver's own leases...) during the idle window.
     pub(crate) idle_other_writes: u64,
     pub(crate) idle_reconciliations: u64,

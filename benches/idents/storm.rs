@@ -110,10 +110,11 @@ fn until(t: jiff::Timestamp) -> Duration {
 
 /// `idents storm-wait`: sleep until 10 s before the first identity is due (the controller is then
 /// stopped); fail if that moment has passed (the phases before took longer than the lifetime
-/// `hack/bench.sh` chose).
-pub(crate) async fn wait(n: usize, namespace: &str) -> anyhow::Result<()> {
+/// `hack/bench.sh` chose). The controller idles meanwhile: the writes of that window are the
+/// second idle figure.
+pub(crate) async fn wait(n: usize, namespace: &str, out: &Path) -> anyhow::Result<()> {
     let client = Client::try_default().await.context("KUBECONFIG")?;
-    let ids: Api<TlsIdentity> = Api::namespaced(client, namespace);
+    let ids: Api<TlsIdentity> = Api::namespaced(client.clone(), namespace);
     let before = before_storm(&ids, n).await?;
     let first = before
         .values()
@@ -135,7 +136,21 @@ pub(crate) async fn wait(n: usize, namespace: &str) -> anyhow::Result<()> {
         "storm: the first identity is due at {first}; stopping the controller in {:.0} s",
         until(stop_at).as_secs_f64()
     ));
+    // The controller idles meanwhile: a second, longer idle window.
+    let counts = scrape_apiserver(&client).await?;
+    let t = Instant::now();
     tokio::time::sleep(until(stop_at)).await;
+    let writes = scrape_apiserver(&client).await?.delta(&counts).writes();
+    let idle_s = t.elapsed().as_secs_f64();
+    log(&format!(
+        "storm: {} writes to identities, Secrets and Events while idle for {idle_s:.0} s before it",
+        writes.total()
+    ));
+    let path = out.join(format!("row-{n}.json"));
+    let mut row: Row = serde_json::from_slice(&std::fs::read(&path)?)
+        .with_context(|| format!("{} (run `idents run` first)", path.display()))?;
+    row.idle_before_storm = Some((idle_s, writes));
+    std::fs::write(&path, serde_json::to_vec_pretty(&row)?)?;
     Ok(())
 }
 
