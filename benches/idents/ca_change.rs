@@ -128,16 +128,13 @@ pub(crate) async fn measure(
         writes.events,
         writes.total() as f64 / n.max(1) as f64
     ));
-    let path = out.join(format!("row-{n}.json"));
-    let mut row: Row = serde_json::from_slice(&std::fs::read(&path)?)
-        .with_context(|| format!("{} (run `idents run` first)", path.display()))?;
-    row.ca_change = Some(CaChange {
-        reissued_s: reissued_s.unwrap_or(stable_s),
-        stable_s,
-        phases,
-        writes,
-        issuances,
-    });
-    std::fs::write(&path, serde_json::to_vec_pretty(&row)?)?;
-    Ok(())
+    update_row(out, n, |row| {
+        row.ca_change = Some(CaChange {
+            reissued_s: reissued_s.unwrap_or(stable_s),
+            stable_s,
+            phases,
+            writes,
+            issuances,
+        });
+    })
 }

@@ -91,42 +91,24 @@ fn main() -> anyhow::Result<()> {
         .collect();
     match args.first().map(String::as_str) {
         Some("run") => {
-            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            if let Err(e) = RunConfig::from_env().and_then(|cfg| rt.block_on(run(cfg))) {
-                // One line, no backtrace: the cause is what matters here.
-                eprintln!("idents: error: {e:#}");
-                std::process::exit(1);
-            }
-            Ok(())
+            let rt = runtime()?;
+            exit_on_error(RunConfig::from_env().and_then(|cfg| rt.block_on(run(cfg))))
         }
         Some("report") => report(&out_dir()),
         Some("ca-change") => {
-            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = runtime()?;
             let n: usize = env_req("TLSID_BENCH_N")?.parse().context("TLSID_BENCH_N")?;
-            if let Err(e) = rt.block_on(ca_change::measure(
+            exit_on_error(rt.block_on(ca_change::measure(
                 n,
                 &env_req("TLSID_BENCH_NAMESPACE")?,
                 &env_req("TLSID_BENCH_CA_NAMESPACE")?,
                 &env_req("TLSID_BENCH_CONTROLLER_METRICS")?,
                 &out_dir(),
                 Duration::from_secs(env_or("TLSID_BENCH_TIMEOUT_SECS", 600u64)?),
-            )) {
-                eprintln!("idents: error: {e:#}");
-                std::process::exit(1);
-            }
-            Ok(())
+            )))
         }
         Some(cmd @ ("storm-wait" | "storm" | "unrelated")) => {
-            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = runtime()?;
             let n: usize = env_req("TLSID_BENCH_N")?.parse().context("TLSID_BENCH_N")?;
             let namespace = env_req("TLSID_BENCH_NAMESPACE")?;
             let result = match cmd {
@@ -137,17 +119,10 @@ fn main() -> anyhow::Result<()> {
                 )),
                 _ => storm_args(n, namespace).and_then(|a| rt.block_on(storm::measure(a))),
             };
-            if let Err(e) = result {
-                eprintln!("idents: error: {e:#}");
-                std::process::exit(1);
-            }
-            Ok(())
+            exit_on_error(result)
         }
         Some(cmd @ ("restart-mark" | "restart-measure")) => {
-            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = runtime()?;
             let n: usize = env_req("TLSID_BENCH_N")?.parse().context("TLSID_BENCH_N")?;
             let result = if cmd == "restart-mark" {
                 rt.block_on(restart::mark(n, &out_dir()))
@@ -169,11 +144,7 @@ fn main() -> anyhow::Result<()> {
                     Duration::from_secs(env_or("TLSID_BENCH_TIMEOUT_SECS", 600u64)?),
                 ))
             };
-            if let Err(e) = result {
-                eprintln!("idents: error: {e:#}");
-                std::process::exit(1);
-            }
-            Ok(())
+            exit_on_error(result)
         }
         _ => {
             // Plain `cargo bench` lands here: the bench needs a control plane and a controller.
@@ -186,6 +157,23 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The runtime of the subcommands that talk to the cluster.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// One line and exit status 1 on error, no backtrace: the cause is what matters here.
+fn exit_on_error(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(e) = result {
+        eprintln!("idents: error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn storm_args(n: usize, namespace: String) -> anyhow::Result<storm::StormArgs> {

@@ -83,9 +83,6 @@ pub(crate) async fn measure(
     for (k, v) in delta.mutating_by_resource() {
         log(&format!("  restart {k}: {v}"));
     }
-    let path = out.join(format!("row-{n}.json"));
-    let mut row: Row = serde_json::from_slice(&std::fs::read(&path)?)
-        .with_context(|| format!("{} (run `idents run` first)", path.display()))?;
     let measured = Restart {
         caught_up_s: ready_s,
         writes,
@@ -93,13 +90,13 @@ pub(crate) async fn measure(
         rss_peak_mib,
         unrelated_secrets: unrelated.unwrap_or(0),
     };
-    if unrelated.is_some() {
-        row.unrelated = Some(measured);
-    } else {
-        row.restart = Some(measured);
-    }
-    std::fs::write(&path, serde_json::to_vec_pretty(&row)?)?;
-    Ok(())
+    update_row(out, n, |row| {
+        if unrelated.is_some() {
+            row.unrelated = Some(measured);
+        } else {
+            row.restart = Some(measured);
+        }
+    })
 }
 
 /// What the restart scenario measured.

@@ -77,6 +77,16 @@ pub(crate) struct Row {
     pub(crate) ca_change: Option<CaChange>,
 }
 
+/// Add what a later scenario measured to `row-<n>.json` (written by `idents run`).
+pub(crate) fn update_row(out: &Path, n: usize, f: impl FnOnce(&mut Row)) -> anyhow::Result<()> {
+    let path = out.join(format!("row-{n}.json"));
+    let mut row: Row = serde_json::from_slice(&std::fs::read(&path)?)
+        .with_context(|| format!("{} (run `idents run` first)", path.display()))?;
+    f(&mut row);
+    std::fs::write(&path, serde_json::to_vec_pretty(&row)?)?;
+    Ok(())
+}
+
 #[derive(Serialize, Deserialize, Debug, Default, Clone, Copy)]
 pub(crate) struct Writes {
     pub(crate) secrets: u64,

@@ -146,12 +146,7 @@ pub(crate) async fn wait(n: usize, namespace: &str, out: &Path) -> anyhow::Resul
         "storm: {} writes to identities, Secrets and Events while idle for {idle_s:.0} s before it",
         writes.total()
     ));
-    let path = out.join(format!("row-{n}.json"));
-    let mut row: Row = serde_json::from_slice(&std::fs::read(&path)?)
-        .with_context(|| format!("{} (run `idents run` first)", path.display()))?;
-    row.idle_before_storm = Some((idle_s, writes));
-    std::fs::write(&path, serde_json::to_vec_pretty(&row)?)?;
-    Ok(())
+    update_row(out, n, |row| row.idle_before_storm = Some((idle_s, writes)))
 }
 
 /// `idents unrelated`: `count` Secrets without tlsid's label in the namespace.
@@ -354,10 +349,7 @@ pub(crate) async fn measure(a: StormArgs) -> anyhow::Result<()> {
         writes.status,
         writes.events
     ));
-    let path = a.out.join(format!("row-{}.json", a.n));
-    let mut row: Row = serde_json::from_slice(&std::fs::read(&path)?)
-        .with_context(|| format!("{} (run `idents run` first)", path.display()))?;
-    row.storm = Some(Storm {
+    let storm = Storm {
         due_spread_s,
         overdue_s,
         renewed_50_s,
@@ -372,8 +364,8 @@ pub(crate) async fn measure(a: StormArgs) -> anyhow::Result<()> {
         issuances: ctl.issuances,
         canary,
         curve,
-    });
-    std::fs::write(&path, serde_json::to_vec_pretty(&row)?)?;
+    };
+    update_row(&a.out, a.n, |row| row.storm = Some(storm))?;
     let _ = std::fs::remove_file(armed);
     Ok(())
 }

@@ -138,13 +138,14 @@ async fn reconcile_identity(identity: &TlsIdentity, ctx: &Context) -> Result<Act
         .as_ref()
         .is_some_and(|s| s.serial_number.is_some());
     let read_first = ctx.secret_reads.take_read_first(&secret_key);
+    let kept = ctx.secret_reads.take_written(&secret_key);
     let how = secret_reads::plan(
         issued,
         cached_rv.as_deref(),
-        ctx.secret_reads.written_rv(&secret_key).as_deref(),
+        kept.as_ref()
+            .and_then(|s| s.metadata.resource_version.as_deref()),
         read_first,
     );
-    let kept = ctx.secret_reads.take_written(&secret_key);
     let secret = match (how, kept) {
         (Read::Written, Some(kept)) => Some(kept),
         (Read::Absent, _) => None,

@@ -76,19 +76,13 @@ impl SecretReads {
         written.insert(key, (Instant::now(), secret));
     }
 
-    /// The resourceVersion of the kept write, if any (and not expired).
-    pub fn written_rv(&self, key: &str) -> Option<String> {
-        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        written
-            .get(key)
-            .filter(|(at, _)| at.elapsed() < WRITTEN_TTL)
-            .and_then(|(_, s)| s.metadata.resource_version.clone())
-    }
-
-    /// Take the kept write (whatever the plan decided, it is used at most once).
+    /// Take the kept write, if not expired (whatever the plan decides, it is used at most once).
     pub fn take_written(&self, key: &str) -> Option<Secret> {
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        written.remove(key).map(|(_, s)| s)
+        written
+            .remove(key)
+            .filter(|(at, _)| at.elapsed() < WRITTEN_TTL)
+            .map(|(_, s)| s)
     }
 
     /// A create without reading conflicted: read first next time.
@@ -165,8 +159,8 @@ mod tests {
         let mut s = Secret::default();
         s.metadata.resource_version = Some("9".into());
         reads.wrote("ns/a-tls".into(), s);
-        assert_eq!(reads.written_rv("ns/a-tls").as_deref(), Some("9"));
-        assert!(reads.take_written("ns/a-tls").is_some());
+        let kept = reads.take_written("ns/a-tls").expect("kept");
+        assert_eq!(kept.metadata.resource_version.as_deref(), Some("9"));
         assert!(reads.take_written("ns/a-tls").is_none());
         reads.conflicted("ns/b-tls".into());
         assert!(reads.take_read_first("ns/b-tls"));
